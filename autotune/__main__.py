@@ -1,0 +1,5 @@
+"""``python -m autotune`` runs the CLI."""
+
+from autotune.cli import main
+
+main()

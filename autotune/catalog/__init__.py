@@ -1,0 +1,120 @@
+"""Model and GPU presets, shipped as YAML package data; users may point at their own files.
+
+``resolve_model`` accepts a preset name, a model YAML path or a Hugging Face ``config.json`` path;
+``resolve_gpu`` accepts a GPU name or a GPU YAML path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from autotune.catalog.hf import from_hf_config
+from autotune.errors import SpecError
+from autotune.spec import GPUSpec, ModelSpec, format_validation_error, read_mapping
+
+__all__ = ["model_names", "gpu_names", "get_model", "get_gpu", "resolve_model", "resolve_gpu", "from_hf_config"]
+
+#: Defaults filled in for each ``family`` shorthand of models.yaml.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "gpt": dict(activation="gelu", tied_embeddings=True, norm="layernorm", bias="all",
+                position_embedding="learned", dropout=True),
+    "llama": dict(activation="swiglu", tied_embeddings=False, norm="rmsnorm", bias="none",
+                  position_embedding="rope", dropout=False),
+}
+
+
+def _load(name: str) -> dict[str, Any]:
+    return yaml.safe_load(resources.files("autotune.catalog").joinpath(name).read_text(encoding="utf-8"))
+
+
+def _expand_family(fields: dict[str, Any], where: str) -> dict[str, Any]:
+    fields = dict(fields)
+    family = fields.pop("family", None)
+    if family is None:
+        return fields
+    if family not in FAMILIES:
+        raise SpecError(f"{where}.family: unknown family {family!r} (allowed: {', '.join(FAMILIES)})")
+    return {**FAMILIES[family], **fields}
+
+
+def _model_from_fields(fields: dict[str, Any], name: str, where: str) -> ModelSpec:
+    try:
+        return ModelSpec.model_validate({"name": name, **_expand_family(fields, where)})
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, ModelSpec, prefix=f"{where}.")) from e
+
+
+@functools.cache
+def _models() -> dict[str, dict[str, Any]]:
+    return _load("models.yaml")
+
+
+@functools.cache
+def _gpus() -> dict[str, dict[str, Any]]:
+    return _load("gpus.yaml")
+
+
+def model_names() -> list[str]:
+    """Names of the model presets."""
+    return list(_models())
+
+
+def gpu_names() -> list[str]:
+    """Names of the GPU profiles."""
+    return list(_gpus())
+
+
+def get_model(name: str) -> ModelSpec:
+    """A model preset by name."""
+    if name not in _models():
+        raise SpecError(f"model: unknown preset {name!r} (allowed: {', '.join(model_names())}, or a file path)")
+    return _model_from_fields(_models()[name], name, "model")
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """A GPU profile by name."""
+    if name not in _gpus():
+        raise SpecError(f"cluster.gpu: unknown GPU {name!r} (allowed: {', '.join(gpu_names())}, or a file path)")
+    return GPUSpec.model_validate({"name": name, **_gpus()[name]})
+
+
+def _is_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith((".yaml", ".yml", ".json", ".toml"))
+
+
+def resolve_model(ref: str | ModelSpec) -> ModelSpec:
+    """A ModelSpec from an inline spec, a preset name, a model YAML, or a Hugging Face config.json."""
+    if isinstance(ref, ModelSpec):
+        return ref
+    if not _is_path(ref):
+        return get_model(ref)
+    path = Path(ref)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise SpecError(f"model: file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SpecError(f"model: {path} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise SpecError(f"model: {path} must hold a JSON object")
+        return from_hf_config(data, name=path.parent.name or path.stem)
+    return _model_from_fields(read_mapping(path, "model"), path.stem, "model")
+
+
+def resolve_gpu(ref: str) -> GPUSpec:
+    """A GPUSpec from a catalog name or a GPU YAML path."""
+    if not _is_path(ref):
+        return get_gpu(ref)
+    path = Path(ref)
+    try:
+        return GPUSpec.model_validate({"name": path.stem, **read_mapping(path, "cluster.gpu")})
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, GPUSpec, prefix="cluster.gpu.")) from e

@@ -1,0 +1,148 @@
+"""ParallelConfig: one parallel layout, validated against a model, a GPU count and a training target.
+
+The rules follow torchtitan's ParallelDims: validate at construction and say which numbers disagree.
+Which *frameworks* can run a layout (e.g. ZeRO-3 with pp > 1 runs in torchtitan but not in DeepSpeed)
+is not a rule of this type; see :mod:`autotune.frameworks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from autotune.errors import InfeasibleConfig
+from autotune.spec import ModelSpec, TrainingSpec
+
+__all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "derive"]
+
+Recompute = Literal["none", "selective", "full"]
+RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    """A parallel layout. ``dp`` and ``grad_accum`` are derived by :func:`derive`."""
+
+    tp: int = 1
+    """Tensor-parallel degree (Megatron column/row sharding of every linear layer)."""
+    pp: int = 1
+    """Pipeline-parallel stages."""
+    dp: int = 1
+    """Data-parallel replicas: GPUs / (tp · pp · cp)."""
+    cp: int = 1
+    """Context-parallel degree (the sequence is split over cp ranks; ring attention)."""
+    vpp: int = 1
+    """Virtual pipeline chunks per stage (interleaved 1F1B when > 1)."""
+    zero: int = 0
+    """ZeRO stage 0–3 (1 = Megatron's distributed optimizer; 3 = FSDP full sharding)."""
+    dp_shard: int = 1
+    """Ranks ZeRO shards over; dp_shard < dp replicates across dp/dp_shard groups (HSDP)."""
+    micro_batch: int = 1
+    """Sequences per micro-batch per data-parallel rank."""
+    grad_accum: int = 1
+    """Micro-batches per step per rank: global_batch = micro_batch · grad_accum · dp."""
+    recompute: Recompute = "none"
+    """Activation recomputation: none, selective (attention core) or full (whole block)."""
+    recompute_layers: int | None = None
+    """With full recompute: how many layers per stage are recomputed (None = all of them)."""
+    sequence_parallel: bool = False
+    """Shard norms/dropout activations over the tp group along the sequence (needs tp > 1)."""
+    tp_comm_overlap: bool = False
+    """Overlap tensor-parallel collectives with GEMMs (Megatron --tp-comm-overlap)."""
+    overlap_grad_reduce: bool = True
+    """Overlap the data-parallel gradient reduction with backward."""
+    overlap_param_gather: bool = True
+    """Overlap ZeRO parameter all-gathers with compute."""
+
+    @property
+    def world(self) -> int:
+        """GPUs the layout occupies."""
+        return self.tp * self.pp * self.cp * self.dp
+
+    @property
+    def dp_replicate(self) -> int:
+        """Replica groups in HSDP (dp / dp_shard)."""
+        return self.dp // self.dp_shard
+
+    @property
+    def interleaved(self) -> bool:
+        """True when the pipeline runs the interleaved 1F1B schedule."""
+        return self.vpp > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, JSON-ready."""
+        return dataclasses.asdict(self)
+
+    def key(self) -> tuple[Any, ...]:
+        """A hashable identity of the layout."""
+        return tuple(self.to_dict().values())
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InfeasibleConfig(msg)
+
+
+def derive(
+    model: ModelSpec,
+    training: TrainingSpec,
+    gpus: int,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    cp: int = 1,
+    vpp: int = 1,
+    zero: int = 0,
+    dp_shard: int | None = None,
+    micro_batch: int = 1,
+    recompute: str = "none",
+    recompute_layers: int | None = None,
+    sequence_parallel: bool = False,
+    tp_comm_overlap: bool = False,
+    overlap_grad_reduce: bool = True,
+    overlap_param_gather: bool = True,
+) -> ParallelConfig:
+    """Build a validated :class:`ParallelConfig`, deriving dp and grad_accum.
+
+    Raises :class:`InfeasibleConfig` with the numbers when the layout cannot run.
+    """
+    for name, value in dict(tp=tp, pp=pp, cp=cp, vpp=vpp, micro_batch=micro_batch, gpus=gpus).items():
+        _check(isinstance(value, int) and value >= 1, f"{name}={value} must be a positive integer")
+    _check(zero in (0, 1, 2, 3), f"zero={zero} must be one of 0, 1, 2, 3")
+    _check(recompute in RECOMPUTE_MODES, f"recompute={recompute!r} must be one of {', '.join(RECOMPUTE_MODES)}")
+    _check(gpus % (tp * pp * cp) == 0, f"tp*pp*cp={tp}*{pp}*{cp}={tp * pp * cp} does not divide gpus={gpus}")
+    dp = gpus // (tp * pp * cp)
+    _check(model.heads % tp == 0, f"tp={tp} does not divide heads={model.heads}")
+    kv = model.n_kv_heads
+    _check(kv % tp == 0 or tp % kv == 0, f"tp={tp} and kv_heads={kv}: neither divides the other")
+    _check(model.layers % (pp * vpp) == 0,
+           f"layers={model.layers} is not divisible by pp*vpp={pp}*{vpp}={pp * vpp}")
+    _check(vpp == 1 or pp > 1, f"vpp={vpp} needs pp > 1 (pp={pp})")
+    _check(training.seq_len % cp == 0, f"cp={cp} does not divide seq_len={training.seq_len}")
+    _check(training.seq_len // cp % tp == 0 or not sequence_parallel,
+           f"sequence_parallel: tp={tp} does not divide the local sequence {training.seq_len // cp}")
+    _check(not sequence_parallel or tp > 1, "sequence_parallel needs tp > 1 (tp=1)")
+    _check(not tp_comm_overlap or tp > 1, "tp_comm_overlap needs tp > 1 (tp=1)")
+    _check(training.global_batch % (micro_batch * dp) == 0,
+           f"global_batch={training.global_batch} is not divisible by micro_batch*dp={micro_batch}*{dp}"
+           f"={micro_batch * dp}")
+    if zero == 0:
+        _check(dp_shard in (None, 1), f"dp_shard={dp_shard} needs zero >= 1 (zero=0 shards nothing)")
+        shard = 1
+    else:
+        shard = dp if dp_shard is None else dp_shard
+        _check(isinstance(shard, int) and shard >= 1 and dp % shard == 0,
+               f"dp_shard={shard} does not divide dp={dp}")
+    if recompute_layers is not None:
+        _check(recompute == "full", f"recompute_layers={recompute_layers} needs recompute='full'")
+        per_stage = model.layers // pp
+        _check(1 <= recompute_layers <= per_stage,
+               f"recompute_layers={recompute_layers} must be in 1..layers/pp={per_stage}")
+    grad_accum = training.global_batch // (micro_batch * dp)
+    return ParallelConfig(
+        tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, zero=zero, dp_shard=shard, micro_batch=micro_batch,
+        grad_accum=grad_accum, recompute=recompute, recompute_layers=recompute_layers,  # type: ignore[arg-type]
+        sequence_parallel=sequence_parallel, tp_comm_overlap=tp_comm_overlap,
+        overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
+    )

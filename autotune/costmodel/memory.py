@@ -1,0 +1,162 @@
+"""Per-rank memory of one training step, for the worst rank (first or last pipeline stage).
+
+Model states (Rajbhandari et al. 2020, ZeRO): with Ψ parameters on a rank and N = dp_shard,
+mixed-precision Adam keeps 2Ψ weights + 2Ψ gradients + 12Ψ optimizer states (fp32 master, m, v):
+stage 0: 16Ψ; stage 1: 4Ψ + 12Ψ/N; stage 2: 2Ψ + 14Ψ/N; stage 3: 16Ψ/N. Megatron-LM keeps fp32 main
+gradients (4Ψ) instead of bf16 ones, hence its 18 bytes/param (6 + 12/N with the distributed optimizer);
+``TrainingSpec.grad_buffers`` chooses. fp32 training: 4 + 4 + 8 = 16 bytes/param. fp8 compute keeps bf16
+weights (as Transformer Engine does), so its states equal bf16's.
+
+Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation"), bytes per layer per
+micro-batch of b sequences of s tokens, bf16, GPT (a heads, f = 4h, dropout): s·b·h·(34 + 5·a·s/h).
+The 34 splits into 4 (two norm inputs) + 11 (attention: QKV input 2, Q 2, K 2, V 2, projection input 2,
+dropout mask 1) + 19 (MLP: fc1 input 2, GELU input 8 = 2f, fc2 input 8 = 2f, dropout mask 1). For GQA
+with kv_heads g and head size d, K and V take 2·2·g·d instead of 2·2·h; for SwiGLU the MLP stores fc1's
+two outputs (2·2f) and fc2's input (2f) = 6f instead of 4f; without dropout the two 1-byte masks and the
+attention-dropout output (2as) vanish, so the core is 2·a·s instead of 5·a·s. Llama-3-8B (g·d = h/4,
+f = 3.5h, no dropout) lands on 34·s·b·h again by coincidence. With tp = t the QKV/projection/MLP terms
+and the attention core divide by t; the norm inputs, the QKV and fc1 inputs and the masks (10·s·b·h in
+GPT) divide by t only with sequence parallelism — Korthikanti's s·b·h·(10 + 24/t + 5as/(ht)).
+FlashAttention (default) stores no s×s matrices, only a fp32 log-sum-exp (4·a·s·b/t); selective
+recompute drops the core the same way; full recompute keeps only each layer's input (2·s·b·h, /t with
+SP) plus one layer's activations live while it is recomputed. Context parallelism divides s by cp.
+1F1B keeps min(p, m) micro-batches in flight on the first stage; the interleaved schedule multiplies
+the stage's activations by 1 + (p−1)/(p·v) (Korthikanti §4.2.3, Megatron theoretical_memory_usage).
+The last stage adds fp32 logits, 4·s·b·V/t bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from autotune.costmodel.layout import Layout
+from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
+
+__all__ = [
+    "GIB",
+    "model_state_bytes",
+    "stage_params",
+    "activation_bytes_per_layer",
+    "activation_bytes",
+    "memory_breakdown",
+]
+
+GIB = float(2**30)
+
+
+def _bytes_per_param(training: TrainingSpec) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) bytes per parameter before sharding."""
+    states = 8.0 if training.optimizer == "adam" else 4.0
+    if training.precision == "fp32":
+        return 4.0, 4.0, states
+    grads = {"fp32": 4.0, "low": 2.0, "both": 6.0}[training.grad_buffers]
+    return 2.0, grads, 4.0 + states
+
+
+def model_state_bytes(psi: Any, zero: Any, n_shard: Any, training: TrainingSpec) -> tuple[Any, Any, Any]:
+    """Weights, gradients, optimizer bytes of ``psi`` parameters under ZeRO ``zero`` over ``n_shard`` ranks."""
+    w, g, o = _bytes_per_param(training)
+    n = np.asarray(n_shard, dtype=float) if isinstance(n_shard, np.ndarray) else float(n_shard)
+    weights = psi * w / np.where(zero >= 3, n, 1.0)
+    grads = psi * g / np.where(zero >= 2, n, 1.0)
+    opt = psi * o / np.where(zero >= 1, n, 1.0)
+    return weights, grads, opt
+
+
+def stage_params(model: ModelSpec, tp: Any, pp: Any) -> tuple[Any, Any]:
+    """Parameters on one rank of the first and of the last pipeline stage.
+
+    Linear weights divide by tp, norms are replicated. The first stage holds the embedding (vocab-
+    parallel, /tp); the last holds the final norm and the output layer; with tied embeddings and
+    pp > 1 the last stage keeps its own copy of the embedding matrix (Megatron-LM does).
+    """
+    norms = 2 * model.norm_params()
+    per_layer = (model.layer_params() - norms) / tp + norms
+    layers = model.layers / pp * per_layer
+    emb = model.embedding_params() / tp
+    out = model.vocab * model.hidden / tp
+    head = model.norm_params() + np.where(model.tied_embeddings & (pp > 1), out, 0.0)
+    head = head + (0.0 if model.tied_embeddings else out)
+    single = pp == 1
+    first = layers + emb + np.where(single, head, 0.0)
+    last = layers + head + np.where(single, emb, 0.0)
+    return first, last
+
+
+def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layout) -> tuple[Any, Any]:
+    """(stored, checkpoint) bytes of one layer for one micro-batch on one rank.
+
+    ``stored`` is what a layer keeps for backward under L['recompute'] none (0) or selective (1);
+    ``checkpoint`` is the layer input kept under full recompute.
+    """
+    h, f, a = model.hidden, model.ffn, model.heads
+    t, sp = L["tp"], L["sequence_parallel"]
+    s_loc = training.seq_len / L["cp"]
+    tokens = s_loc * L["micro_batch"]
+    kv_local = model.head_dim * np.maximum(model.n_kv_heads / t, 1.0)
+    mask = 1.0 if model.dropout else 0.0
+    sharded = (2 * h + 2 * h) / t + 4 * kv_local + (6 * f if model.activation == "swiglu" else 4 * f) / t
+    replicated = 4 * h + 2 * h + 2 * h + 2 * mask * h
+    per_token = sharded + np.where(sp > 0, replicated / t, replicated)
+    if training.flash_attention:
+        core = 4.0 * a / t
+    else:
+        core = (5.0 if model.dropout else 2.0) * a * training.seq_len / t
+    per_token = per_token + np.where(L["recompute"] >= 1, 0.0, core)
+    checkpoint = tokens * 2 * h / np.where(sp > 0, t, 1)
+    return tokens * per_token, checkpoint
+
+
+def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tuple[Any, Any]:
+    """Activation bytes on a rank of the first and of the last pipeline stage."""
+    stored, checkpoint = activation_bytes_per_layer(model, training, L)
+    pp, m = L["pp"], L["grad_accum"]
+    n_layers = model.layers / pp
+    rec_layers = np.where(L["recompute_layers"] > 0, L["recompute_layers"], n_layers)
+    full = L["recompute"] == 2
+    per_mb = np.where(full, rec_layers * checkpoint + (n_layers - rec_layers) * stored, n_layers * stored)
+    transient = np.where(full, stored, 0.0)
+    in_flight = np.where(L["vpp"] > 1, pp * (1 + (pp - 1) / (pp * L["vpp"])), np.minimum(pp, m))
+    tokens = training.seq_len / L["cp"] * L["micro_batch"]
+    emb_mask = tokens * model.hidden * (1.0 if model.dropout else 0.0) / np.where(L["sequence_parallel"] > 0,
+                                                                                   L["tp"], 1)
+    logits = 4.0 * tokens * model.vocab / L["tp"]
+    first = in_flight * (per_mb + emb_mask) + transient + np.where(pp == 1, logits, 0.0)
+    last = per_mb + transient + logits
+    return first, last
+
+
+def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> dict[str, Any]:
+    """Per-rank memory of the worst pipeline stage, GiB: weights, gradients, optimizer, activations,
+    other (framework overhead + ZeRO-3 gather buffers), total, plus capacity and fits."""
+    first_p, last_p = stage_params(model, L["tp"], L["pp"])
+    act_first, act_last = activation_bytes(model, training, L)
+    zero, shard = L["zero"], L["dp_shard"]
+    w1, g1, o1 = model_state_bytes(first_p, zero, shard, training)
+    w2, g2, o2 = model_state_bytes(last_p, zero, shard, training)
+    total_first = w1 + g1 + o1 + act_first
+    total_last = w2 + g2 + o2 + act_last
+    use_first = total_first >= total_last
+    pick = lambda a, b: np.where(use_first, a, b)  # noqa: E731
+    weights, grads, opt, acts = pick(w1, w2), pick(g1, g2), pick(o1, o2), pick(act_first, act_last)
+    norms = 2 * model.norm_params()
+    layer_local = (model.layer_params() - norms) / L["tp"] + norms
+    w_bytes = 4.0 if training.precision == "fp32" else 2.0
+    gather = np.where(zero >= 3, 2 * layer_local * w_bytes, 0.0)
+    other = gpu.overhead_gib * GIB + gather
+    total = weights + grads + opt + acts + other
+    capacity = gpu.memory_gib * gpu.usable_fraction
+    out = {
+        "weights": weights / GIB,
+        "gradients": grads / GIB,
+        "optimizer": opt / GIB,
+        "activations": acts / GIB,
+        "other": other / GIB,
+        "total": total / GIB,
+    }
+    out["fits"] = out["total"] <= capacity
+    out["capacity"] = capacity
+    out["worst_stage"] = np.where(use_first, 0, L["pp"] - 1)
+    return out

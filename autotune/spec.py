@@ -1,0 +1,306 @@
+"""The study spec: what to train (model), where (cluster), how much (training) and how to search.
+
+A spec is a YAML or TOML file validated with pydantic. Unknown keys are rejected, and every error
+names the field path and the allowed values (see :func:`format_validation_error`).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autotune.errors import SpecError
+
+__all__ = [
+    "ModelSpec",
+    "GPUSpec",
+    "ClusterSpec",
+    "TrainingSpec",
+    "SearchSpec",
+    "StudySpec",
+    "Precision",
+    "load_spec",
+    "parse_spec",
+    "read_mapping",
+    "format_validation_error",
+]
+
+Precision = Literal["fp32", "bf16", "fp16", "fp8"]
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """Shape of a dense decoder-only transformer."""
+
+    name: str = Field("custom", description="Display name.")
+    layers: PosInt = Field(description="Number of transformer blocks L.")
+    hidden: PosInt = Field(description="Model width h.")
+    heads: PosInt = Field(description="Attention (query) heads a.")
+    kv_heads: PosInt | None = Field(None, description="Key/value heads (GQA); default = heads (MHA).")
+    ffn_hidden: PosInt | None = Field(None, description="MLP inner width f; default 4h.")
+    vocab: PosInt = Field(description="Vocabulary size V.")
+    activation: Literal["gelu", "swiglu"] = Field("gelu", description="MLP: 2-matrix GELU or 3-matrix SwiGLU.")
+    tied_embeddings: bool = Field(False, description="Output layer shares the input embedding matrix.")
+    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="LayerNorm (2h) or RMSNorm (h).")
+    bias: Literal["none", "qkv", "all"] = Field("none", description="Which linear layers carry biases.")
+    position_embedding: Literal["learned", "rope"] = Field("rope", description="Learned table or RoPE.")
+    max_seq_len: PosInt = Field(2048, description="Positions of a learned table; longest trained sequence.")
+    dropout: bool = Field(False, description="Dropout layers present (stores 1-byte masks).")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelSpec:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.heads % self.n_kv_heads:
+            raise ValueError(f"heads={self.heads} is not divisible by kv_heads={self.n_kv_heads}")
+        return self
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads (equals ``heads`` for multi-head attention)."""
+        return self.kv_heads or self.heads
+
+    @property
+    def ffn(self) -> int:
+        """MLP inner width."""
+        return self.ffn_hidden or 4 * self.hidden
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, h / a."""
+        return self.hidden // self.heads
+
+    def norm_params(self) -> int:
+        """Parameters of one normalisation layer (LayerNorm has a bias, RMSNorm has not)."""
+        return 2 * self.hidden if self.norm == "layernorm" else self.hidden
+
+    def layer_params(self) -> int:
+        """Parameters of one transformer block.
+
+        GPT (MHA, f = 4h, biases, LayerNorm) gives 12h² + 13h, the per-layer term of seed 002's
+        N = h·v + L(12h² + 13h) + 2h.
+        """
+        h, f, kvd = self.hidden, self.ffn, self.n_kv_heads * self.head_dim
+        attn = 2 * h * h + 2 * h * kvd
+        mlp = (3 if self.activation == "swiglu" else 2) * h * f
+        bias = 0
+        if self.bias in ("qkv", "all"):
+            bias += h + 2 * kvd
+        if self.bias == "all":
+            bias += h + (2 * f if self.activation == "swiglu" else f) + h
+        return attn + mlp + bias + 2 * self.norm_params()
+
+    def embedding_params(self) -> int:
+        """Input embedding (and a learned position table) parameters."""
+        pos = self.max_seq_len * self.hidden if self.position_embedding == "learned" else 0
+        return self.vocab * self.hidden + pos
+
+    def head_params(self) -> int:
+        """Final norm plus the output projection when it is not tied to the embedding."""
+        return self.norm_params() + (0 if self.tied_embeddings else self.vocab * self.hidden)
+
+    def param_count(self) -> int:
+        """Total parameters N (each tied matrix counted once)."""
+        return self.embedding_params() + self.layers * self.layer_params() + self.head_params()
+
+
+class GPUSpec(_Frozen):
+    """One accelerator: peaks, memory, bandwidths and the GEMM efficiency curve."""
+
+    name: str = Field(description="Catalog name.")
+    memory_gib: PosFloat = Field(description="Device memory, GiB.")
+    peak_tflops: dict[Literal["fp32", "tf32", "bf16", "fp16", "fp8"], PosFloat] = Field(
+        description="Dense peak TFLOP/s per dtype (vendor datasheet)."
+    )
+    hbm_gbps: PosFloat = Field(description="Memory bandwidth, GB/s.")
+    intra_node_gbps: PosFloat = Field(description="Per-GPU, per-direction bandwidth inside a node, GB/s.")
+    inter_node_gbps: PosFloat = Field(description="Per-GPU, per-direction bandwidth between nodes, GB/s.")
+    intra_node_latency_us: PosFloat = Field(8.0, description="Collective latency per ring step inside a node.")
+    inter_node_latency_us: PosFloat = Field(20.0, description="Collective latency per ring step across nodes.")
+    gemm_eff_max: Annotated[float, Field(gt=0, le=0.85)] = Field(
+        0.80, description="Largest achievable fraction of dense peak for big GEMMs (<= 0.85)."
+    )
+    gemm_k_dim: Annotated[float, Field(ge=0)] = Field(
+        192.0, description="GEMM width at which efficiency halves from the width term (hidden/tp)."
+    )
+    gemm_k_tokens: Annotated[float, Field(ge=0)] = Field(
+        96.0, description="Token count at which efficiency halves from the token term (mbs*seq/cp)."
+    )
+    elementwise_bytes_per_token_hidden: Annotated[float, Field(ge=0)] = Field(
+        60.0,
+        description=(
+            "HBM bytes moved by non-GEMM kernels (norms, activations, softmax, residual, dropout) per"
+            " token per hidden unit per layer in forward; backward moves twice as much."
+        ),
+    )
+    overhead_gib: Annotated[float, Field(ge=0)] = Field(
+        1.5, description="CUDA context, communicator buffers and workspace per rank, GiB."
+    )
+    usable_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.95, description="Fraction of memory usable before allocator fragmentation bites."
+    )
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak TFLOP/s for ``dtype``; fp8 falls back to bf16 where the GPU has none."""
+        if dtype == "fp8" and "fp8" not in self.peak_tflops:
+            dtype = "bf16"
+        return self.peak_tflops[dtype]
+
+
+class ClusterSpec(_Frozen):
+    """The machines: GPU kind, GPUs per node, nodes (a list of node counts asks for a Pareto study)."""
+
+    gpu: str = Field(description="GPU catalog name or path to a GPU YAML file.")
+    gpus_per_node: PosInt = Field(8, description="GPUs per node (NVLink domain).")
+    nodes: PosInt | list[PosInt] = Field(1, description="Node count, or several for a Pareto study.")
+    price_per_gpu_hour: PosFloat | None = Field(None, description="Cost of one GPU-hour (any currency).")
+
+    @property
+    def node_counts(self) -> list[int]:
+        """Node counts as a list."""
+        return self.nodes if isinstance(self.nodes, list) else [self.nodes]
+
+    @property
+    def gpus(self) -> int:
+        """Total GPUs (first node count)."""
+        return self.gpus_per_node * self.node_counts[0]
+
+
+class TrainingSpec(_Frozen):
+    """The training target: sequence length, global batch, precision and dataset size."""
+
+    seq_len: PosInt = Field(description="Tokens per sequence s.")
+    global_batch: PosInt = Field(description="Sequences per optimizer step (GBS).")
+    precision: Precision = Field("bf16", description="Compute precision.")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Adam keeps 2 fp32 states per parameter.")
+    grad_buffers: Literal["fp32", "low", "both"] = Field(
+        "fp32",
+        description=(
+            "Gradient storage in mixed precision: fp32 main grads (Megatron, 4 B/param), low = param dtype"
+            " (DeepSpeed, ZeRO paper, 2 B/param), both (2 + 4 B/param, the 20 B/param of seed 002)."
+        ),
+    )
+    flash_attention: bool = Field(True, description="Fused attention: no s x s score matrices stored.")
+    tokens: PosFloat | None = Field(None, description="Dataset size in tokens.")
+    samples: PosInt | None = Field(None, description="Dataset size in sequences (with epochs).")
+    epochs: PosFloat = Field(1.0, description="Passes over `samples`.")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> TrainingSpec:
+        if self.tokens is not None and self.samples is not None:
+            raise ValueError("give either tokens or samples (+ epochs), not both")
+        return self
+
+    def total_samples(self) -> float | None:
+        """Sequences processed in the whole run (seed 001: epochs × samples), or None if unknown."""
+        if self.tokens is not None:
+            return self.tokens / self.seq_len
+        if self.samples is not None:
+            return self.samples * self.epochs
+        return None
+
+    def total_steps(self) -> float | None:
+        """Optimizer steps in the whole run, or None when no dataset size is given."""
+        n = self.total_samples()
+        return None if n is None else math.ceil(n / self.global_batch)
+
+
+class SearchSpec(_Frozen):
+    """How to search: space, sampler, budget, evaluator."""
+
+    space: str = Field("megatron", description="Space name (megatron|deepspeed|fsdp) or a YAML path.")
+    sampler: Literal["tpe", "gp", "random", "nsga2", "grid"] = Field("tpe", description="Optuna sampler.")
+    n_trials: PosInt = Field(200, description="Trial budget.")
+    evaluator: Literal["analytic", "dryrun", "measure"] = Field("analytic", description="Fidelity.")
+    fidelities: list[Literal["analytic", "dryrun", "measure"]] | None = Field(
+        None, description="Multi-fidelity pipeline, cheapest first."
+    )
+    top_k: PosInt = Field(5, description="Layouts promoted to each higher fidelity.")
+    workers: PosInt = Field(2, description="Parallel Ray evaluations.")
+    timeout_s: PosFloat | None = Field(None, description="Wall-clock budget for the study.")
+    seed: int | None = Field(None, description="Sampler seed.")
+
+
+class StudySpec(_Frozen):
+    """A whole study: model + cluster + training + search + objective."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="Study name.")
+    model: str | ModelSpec = Field(description="Preset name, model YAML path, HF config.json path, or inline.")
+    cluster: ClusterSpec
+    training: TrainingSpec
+    search: SearchSpec = SearchSpec()
+    objective: Literal["throughput", "time_to_train", "pareto"] = Field("throughput", description="Goal.")
+
+
+def _allowed(model: type[BaseModel] | None) -> str:
+    return ", ".join(model.model_fields) if model else ""
+
+
+def _field_model(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last element of ``loc``."""
+    current: Any = root
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
+        current = next((a for a in candidates if issubclass(a, BaseModel)), None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    """One line naming the first failing field path, the problem, the allowed values and the input."""
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in {"ModelSpec", "str"})))
+    path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "spec"
+    msg = e["msg"].replace("Value error, ", "")
+    if e["type"] == "extra_forbidden":
+        owner = _field_model(root, loc)
+        msg = f"unknown field (allowed: {_allowed(owner)})"
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    shown = e.get("input")
+    got = "" if e["type"] in ("missing",) or isinstance(shown, dict) else f" (got {shown!r})"
+    return f"{path}: {msg}{got}"
+
+
+def read_mapping(path: str | Path, what: str = "spec") -> dict[str, Any]:
+    """Read a YAML (safe_load) or TOML file that must hold a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{what}: file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecError(f"{what}: {p} is not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {first}") from e
+    if not isinstance(data, dict):
+        raise SpecError(f"{what}: {p} must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def parse_spec(data: dict[str, Any]) -> StudySpec:
+    """Validate a mapping as a :class:`StudySpec`; raises :class:`SpecError` naming the field."""
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, StudySpec)) from e
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Load and validate a spec file (YAML or TOML)."""
+    return parse_spec(read_mapping(path))
