@@ -104,7 +104,7 @@ def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layo
         core = 4.0 * a / t
     else:
         core = (5.0 if model.dropout else 2.0) * a * training.seq_len / t
-    per_token = per_token + np.where(L["recompute"] >= 1, 0.0, core)
+    per_token = per_token + np.where(L["recompute"] == 1, 0.0, core)
     checkpoint = tokens * 2 * h / np.where(sp > 0, t, 1)
     return tokens * per_token, checkpoint
 

@@ -1,0 +1,73 @@
+"""Rich rendering of estimates and study results for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["console", "print_estimate", "layout_summary"]
+
+console = Console()
+
+
+def layout_summary(cfg: dict[str, Any]) -> str:
+    """A compact one-line description of a layout."""
+    parts = [f"tp={cfg['tp']}", f"pp={cfg['pp']}", f"dp={cfg['dp']}"]
+    if cfg.get("cp", 1) > 1:
+        parts.append(f"cp={cfg['cp']}")
+    if cfg.get("vpp", 1) > 1:
+        parts.append(f"vpp={cfg['vpp']}")
+    if cfg.get("sequence_parallel"):
+        parts.append("sp")
+    parts.append(f"zero={cfg['zero']}")
+    if cfg.get("zero") and cfg.get("dp_shard") != cfg.get("dp"):
+        parts.append(f"dp_shard={cfg['dp_shard']}")
+    parts += [f"mbs={cfg['micro_batch']}", f"ga={cfg['grad_accum']}", f"recompute={cfg['recompute']}"]
+    if cfg.get("recompute_layers"):
+        parts.append(f"({cfg['recompute_layers']} layers)")
+    return " ".join(parts)
+
+
+def _memory_table(result: dict[str, Any]) -> Table:
+    mem = result["memory_gib"]
+    table = Table(title=f"Per-rank memory (worst rank: pipeline stage {result.get('worst_stage', 0)})")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    table.add_column("share", justify="right")
+    for key in ("weights", "gradients", "optimizer", "activations", "other"):
+        table.add_row(key, f"{mem[key]:.2f}", f"{mem[key] / mem['total']:.0%}" if mem["total"] else "-")
+    table.add_row("total", f"{mem['total']:.2f}", f"{mem['total'] / result['capacity_gib']:.0%} of usable",
+                  style="bold")
+    return table
+
+
+def _time_table(result: dict[str, Any]) -> Table:
+    parts = result["time_breakdown_s"]
+    table = Table(title="Step time")
+    table.add_column("part")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    step = result["step_time_s"]
+    for key, value in parts.items():
+        table.add_row(key, f"{value:.4f}", f"{value / step:.0%}" if step else "-")
+    table.add_row("step", f"{step:.4f}", "100%", style="bold")
+    return table
+
+
+def print_estimate(result: dict[str, Any]) -> None:
+    """Print an estimate as tables plus a verdict line."""
+    console.print(f"[bold]{result['model']}[/] ({result['params'] / 1e9:.2f} B params) on "
+                  f"{result['gpus']} x {result['gpu']}: {layout_summary(result['config'])}")
+    console.print(_memory_table(result))
+    if "step_time_s" in result:
+        console.print(_time_table(result))
+        console.print(f"tokens/s {result['tokens_per_s']:,.0f}   model TFLOP/s per GPU "
+                      f"{result['tflops_per_gpu']:.1f}   MFU {result['mfu']:.1%}   HFU {result['hfu']:.1%}")
+        if "training_days" in result:
+            cost = f"   cost {result['cost']:,.0f}" if "cost" in result else ""
+            console.print(f"training time {result['training_days']:.2f} days   "
+                          f"{result['gpu_hours']:,.0f} GPU-hours{cost}")
+    verdict = "[green]fits[/]" if result["fits"] else "[red]does NOT fit[/]"
+    console.print(f"{verdict}: {result['memory_gib']['total']:.2f} GiB of {result['capacity_gib']:.2f} GiB usable")

@@ -1,0 +1,35 @@
+"""Turn a validated :class:`StudySpec` into the concrete model, GPU and cluster it names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autotune.catalog import resolve_gpu, resolve_model
+from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, StudySpec, TrainingSpec
+
+__all__ = ["Problem", "resolve"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A study's fixed inputs with catalog names resolved."""
+
+    model: ModelSpec
+    gpu: GPUSpec
+    cluster: ClusterSpec
+    training: TrainingSpec
+
+    @property
+    def gpus(self) -> int:
+        """GPU count of the (first) cluster size."""
+        return self.cluster.gpus
+
+
+def resolve(spec: StudySpec, gpu: GPUSpec | None = None) -> Problem:
+    """Resolve the model and GPU references of ``spec`` (``gpu`` overrides, e.g. a calibrated profile)."""
+    return Problem(
+        model=resolve_model(spec.model),
+        gpu=gpu or resolve_gpu(spec.cluster.gpu),
+        cluster=spec.cluster,
+        training=spec.training,
+    )

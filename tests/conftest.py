@@ -1,0 +1,34 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from autotune.catalog import get_gpu, get_model
+from autotune.spec import ModelSpec, TrainingSpec
+
+
+@pytest.fixture
+def gpt_small() -> ModelSpec:
+    """A GPT-style model (MHA, GELU 4h, biases, LayerNorm, dropout) with round numbers."""
+    return ModelSpec(name="gpt-small", layers=8, hidden=1024, heads=16, vocab=51200, activation="gelu",
+                     tied_embeddings=True, norm="layernorm", bias="all", position_embedding="learned",
+                     max_seq_len=2048, dropout=True)
+
+
+@pytest.fixture
+def llama8b() -> ModelSpec:
+    """Llama-3-8B."""
+    return get_model("llama3-8b")
+
+
+@pytest.fixture
+def h100():
+    """The h100-sxm profile."""
+    return get_gpu("h100-sxm")
+
+
+@pytest.fixture
+def training_8k() -> TrainingSpec:
+    """bf16, seq 8192, global batch 512."""
+    return TrainingSpec(seq_len=8192, global_batch=512)
