@@ -14,10 +14,12 @@ from typing import Any, Literal
 from autotune.errors import InfeasibleConfig
 from autotune.spec import ModelSpec, TrainingSpec
 
-__all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "derive"]
+__all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "PP_SCHEDULES", "derive"]
 
 Recompute = Literal["none", "selective", "full"]
 RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
+PPSchedule = Literal["1f1b", "gpipe"]
+PP_SCHEDULES: tuple[str, ...] = ("1f1b", "gpipe")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +48,8 @@ class ParallelConfig:
     """Activation recomputation: none, selective (attention core) or full (whole block)."""
     recompute_layers: int | None = None
     """With full recompute: how many layers per stage are recomputed (None = all of them)."""
+    pp_schedule: PPSchedule = "1f1b"
+    """Pipeline schedule: 1f1b (interleaved when vpp > 1) or gpipe (all forwards, then all backwards)."""
     sequence_parallel: bool = False
     """Shard norms/dropout activations over the tp group along the sequence (needs tp > 1)."""
     tp_comm_overlap: bool = False
@@ -99,6 +103,7 @@ def derive(
     recompute: str = "none",
     recompute_layers: int | None = None,
     sequence_parallel: bool = False,
+    pp_schedule: str = "1f1b",
     tp_comm_overlap: bool = False,
     overlap_grad_reduce: bool = True,
     overlap_param_gather: bool = True,
@@ -111,6 +116,8 @@ def derive(
         _check(isinstance(value, int) and value >= 1, f"{name}={value} must be a positive integer")
     _check(zero in (0, 1, 2, 3), f"zero={zero} must be one of 0, 1, 2, 3")
     _check(recompute in RECOMPUTE_MODES, f"recompute={recompute!r} must be one of {', '.join(RECOMPUTE_MODES)}")
+    _check(pp_schedule in PP_SCHEDULES, f"pp_schedule={pp_schedule!r} must be one of {', '.join(PP_SCHEDULES)}")
+    _check(pp_schedule == "1f1b" or vpp == 1, f"pp_schedule={pp_schedule!r} cannot interleave (vpp={vpp})")
     _check(gpus % (tp * pp * cp) == 0, f"tp*pp*cp={tp}*{pp}*{cp}={tp * pp * cp} does not divide gpus={gpus}")
     dp = gpus // (tp * pp * cp)
     _check(model.heads % tp == 0, f"tp={tp} does not divide heads={model.heads}")
@@ -143,6 +150,7 @@ def derive(
     return ParallelConfig(
         tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, zero=zero, dp_shard=shard, micro_batch=micro_batch,
         grad_accum=grad_accum, recompute=recompute, recompute_layers=recompute_layers,  # type: ignore[arg-type]
-        sequence_parallel=sequence_parallel, tp_comm_overlap=tp_comm_overlap,
+        sequence_parallel=sequence_parallel, pp_schedule=pp_schedule,  # type: ignore[arg-type]
+        tp_comm_overlap=tp_comm_overlap,
         overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
     )

@@ -71,3 +71,62 @@ def print_estimate(result: dict[str, Any]) -> None:
                           f"{result['gpu_hours']:,.0f} GPU-hours{cost}")
     verdict = "[green]fits[/]" if result["fits"] else "[red]does NOT fit[/]"
     console.print(f"{verdict}: {result['memory_gib']['total']:.2f} GiB of {result['capacity_gib']:.2f} GiB usable")
+
+
+def print_best(report: dict[str, Any]) -> None:
+    """Print ``autotune best``: the winner, its breakdowns, runners-up and rejection counts."""
+    if report["config"] is None:
+        console.print(f"[red]No layout of study {report['study']} fits[/] "
+                      f"({report['infeasible']['count']} rejected).")
+    else:
+        m = report["metrics"]
+        console.print(f"[bold green]Best layout[/] of {report['study']} (trial {report['trial']}, "
+                      f"fidelity {report['fidelity']}): {layout_summary(report['config'])}")
+        line = (f"step {m['step_time_s']:.3f} s   tokens/s {m['tokens_per_s']:,.0f}   MFU {m['mfu']:.1%}   "
+                f"memory {m['memory_gib']['total']:.1f} GiB")
+        if "training_days" in m:
+            line += f"   training {m['training_days']:.2f} days"
+        console.print(line)
+        if "lower_fidelity" in report:
+            lm = report["lower_fidelity"]["metrics"]
+            console.print(f"  {report['lower_fidelity']['fidelity']} estimate of the same layout: step "
+                          f"{lm['step_time_s']:.3f} s, memory {lm['memory_gib']['total']:.1f} GiB")
+        table = Table(title="Breakdown of the best layout")
+        table.add_column("memory part")
+        table.add_column("GiB", justify="right")
+        table.add_column("time part")
+        table.add_column("s/step", justify="right")
+        mem = list(m["memory_gib"].items())
+        tim = list((m.get("time_breakdown_s") or {}).items())
+        for i in range(max(len(mem), len(tim))):
+            a = mem[i] if i < len(mem) else ("", None)
+            b = tim[i] if i < len(tim) else ("", None)
+            table.add_row(a[0], "" if a[1] is None else f"{a[1]:.2f}", b[0], "" if b[1] is None else f"{b[1]:.4f}")
+        console.print(table)
+        if report["runners_up"]:
+            ru = Table(title="Runners-up and why they lost")
+            for col in ("trial", "layout", "tokens/s", "lost by"):
+                ru.add_column(col)
+            for r in report["runners_up"]:
+                ru.add_row(str(r["trial"]), layout_summary(r["config"]), f"{r['metrics']['tokens_per_s']:,.0f}",
+                           r["lost_by"])
+            console.print(ru)
+    if report["infeasible"]["count"]:
+        inf = Table(title=f"Rejected layouts: {report['infeasible']['count']}")
+        inf.add_column("count", justify="right")
+        inf.add_column("reason")
+        for reason, n in list(report["infeasible"]["reasons"].items())[:10]:
+            inf.add_row(str(n), reason)
+        console.print(inf)
+
+
+def print_trials(study: str, rows: list[tuple[int, str, str, str, dict[str, Any], str | None]]) -> None:
+    """Print a study's evaluations as a table."""
+    table = Table(title=f"Trials of {study}")
+    for col in ("trial", "status", "fidelity", "layout", "tokens/s", "GiB", "reason"):
+        table.add_column(col)
+    for trial, status, fidelity, layout, m, reason in rows:
+        tps = f"{m['tokens_per_s']:,.0f}" if m.get("tokens_per_s") is not None else ""
+        mem = f"{m['memory_gib']['total']:.1f}" if m.get("memory_gib") else ""
+        table.add_row(str(trial), status, fidelity, layout, tps, mem, reason or "")
+    console.print(table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from autotune.commands import estimate
+from autotune.commands import estimate, study
 
 __all__ = ["register"]
 
@@ -12,3 +12,8 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     """Attach every command to ``app``."""
     app.command("estimate")(estimate.estimate_cmd)
+    app.command("submit")(study.submit_cmd)
+    app.command("resume")(study.resume_cmd)
+    app.command("best")(study.best_cmd)
+    app.command("studies")(study.studies_cmd)
+    app.command("trials")(study.trials_cmd)

@@ -11,14 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config import RECOMPUTE_MODES, ParallelConfig
+from autotune.config import PP_SCHEDULES, RECOMPUTE_MODES, ParallelConfig
 
 __all__ = ["FIELDS", "Layout", "layout_scalars", "layout_arrays"]
 
-#: Field order of a layout; ``recompute`` is coded 0 none, 1 selective, 2 full; ``recompute_layers`` 0 = all.
+#: Field order of a layout; ``recompute`` is coded 0 none, 1 selective, 2 full; ``recompute_layers`` 0 = all;
+#: ``pp_schedule`` 0 = 1f1b (interleaved when vpp > 1), 1 = gpipe.
 FIELDS = (
     "tp", "pp", "dp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "grad_accum", "recompute",
-    "recompute_layers", "sequence_parallel", "tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather",
+    "recompute_layers", "pp_schedule", "sequence_parallel", "tp_comm_overlap", "overlap_grad_reduce",
+    "overlap_param_gather",
 )
 
 Layout = Mapping[str, Any]
@@ -28,6 +30,7 @@ def _numeric(cfg: ParallelConfig) -> dict[str, int]:
     d = cfg.to_dict()
     d["recompute"] = RECOMPUTE_MODES.index(cfg.recompute)
     d["recompute_layers"] = cfg.recompute_layers or 0
+    d["pp_schedule"] = PP_SCHEDULES.index(cfg.pp_schedule)
     return {k: int(d[k]) for k in FIELDS}
 
 

@@ -20,7 +20,7 @@ GPT) divide by t only with sequence parallelism — Korthikanti's s·b·h·(10 +
 FlashAttention (default) stores no s×s matrices, only a fp32 log-sum-exp (4·a·s·b/t); selective
 recompute drops the core the same way; full recompute keeps only each layer's input (2·s·b·h, /t with
 SP) plus one layer's activations live while it is recomputed. Context parallelism divides s by cp.
-1F1B keeps min(p, m) micro-batches in flight on the first stage; the interleaved schedule multiplies
+1F1B keeps min(p, m) micro-batches in flight on the first stage (GPipe all m); the interleaved schedule multiplies
 the stage's activations by 1 + (p−1)/(p·v) (Korthikanti §4.2.3, Megatron theoretical_memory_usage).
 The last stage adds fp32 logits, 4·s·b·V/t bytes.
 """
@@ -118,7 +118,8 @@ def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
     full = L["recompute"] == 2
     per_mb = np.where(full, rec_layers * checkpoint + (n_layers - rec_layers) * stored, n_layers * stored)
     transient = np.where(full, stored, 0.0)
-    in_flight = np.where(L["vpp"] > 1, pp * (1 + (pp - 1) / (pp * L["vpp"])), np.minimum(pp, m))
+    one_f_one_b = np.where(L["vpp"] > 1, pp * (1 + (pp - 1) / (pp * L["vpp"])), np.minimum(pp, m))
+    in_flight = np.where((L["pp_schedule"] == 1) & (pp > 1), m, one_f_one_b)
     tokens = training.seq_len / L["cp"] * L["micro_batch"]
     emb_mask = tokens * model.hidden * (1.0 if model.dropout else 0.0) / np.where(L["sequence_parallel"] > 0,
                                                                                    L["tp"], 1)
@@ -139,8 +140,8 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: 
     total_first = w1 + g1 + o1 + act_first
     total_last = w2 + g2 + o2 + act_last
     use_first = total_first >= total_last
-    pick = lambda a, b: np.where(use_first, a, b)  # noqa: E731
-    weights, grads, opt, acts = pick(w1, w2), pick(g1, g2), pick(o1, o2), pick(act_first, act_last)
+    weights, grads, opt, acts = (np.where(use_first, a, b) for a, b in
+                                 ((w1, w2), (g1, g2), (o1, o2), (act_first, act_last)))
     norms = 2 * model.norm_params()
     layer_local = (model.layer_params() - norms) / L["tp"] + norms
     w_bytes = 4.0 if training.precision == "fp32" else 2.0

@@ -120,3 +120,10 @@ def test_zero3_adds_gather_buffers_but_shards_states(llama8b, h100, training_8k)
     m3 = memory_breakdown(llama8b, training_8k, h100, _layout(llama8b, training_8k, 8, zero=3))
     assert float(m3["weights"]) == pytest.approx(float(m2["weights"]) / 8)
     assert float(m3["total"]) < float(m2["total"])
+
+
+def test_gpipe_keeps_every_micro_batch(gpt_small) -> None:
+    t = TrainingSpec(seq_len=2048, global_batch=64, flash_attention=False)
+    one = activation_bytes(gpt_small, t, _layout(gpt_small, t, 4, pp=4))[0]
+    gpipe = activation_bytes(gpt_small, t, _layout(gpt_small, t, 4, pp=4, pp_schedule="gpipe"))[0]
+    assert gpipe == pytest.approx(one * 64 / 4)

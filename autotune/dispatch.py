@@ -1,0 +1,81 @@
+"""Ray side of the driver: start or join Ray, run evaluation batches, map failures to typed results.
+
+Analytic evaluations go out as a few batched tasks (not one tiny task per layout); other fidelities go
+one layout per task. A task that raises, a worker that dies and a task past its deadline each become
+a typed :class:`TrialResult` (error, crash, timeout) for every layout it carried — the study goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from autotune.errors import AutotuneError
+from workers.evaluator import EvalTask, TrialResult
+
+__all__ = ["RayPool"]
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:500]
+
+
+class RayPool:
+    """Runs evaluator batches on Ray workers."""
+
+    def __init__(self, evaluator: str, workers: int, address: str | None = None, task_timeout_s: float = 600.0):
+        import ray
+
+        self._ray = ray
+        self.evaluator = evaluator
+        self.workers = workers
+        self.task_timeout_s = task_timeout_s
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            address = address or os.environ.get("RAY_ADDRESS")
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=True, logging_level="ERROR")
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise AutotuneError(f"ray-address: cannot join Ray at {address!r}: {_short(e)}") from e
+        from workers.registry import evaluate_batch
+
+        self._remote = ray.remote(max_retries=0)(evaluate_batch)
+
+    def run(self, tasks: Sequence[EvalTask]) -> list[TrialResult]:
+        """Evaluate ``tasks`` (order kept); never raises for a worker-side failure."""
+        if not tasks:
+            return []
+        per_task = math.ceil(len(tasks) / self.workers) if self.evaluator == "analytic" else 1
+        chunks = [list(tasks[i:i + per_task]) for i in range(0, len(tasks), per_task)]
+        refs = [self._remote.remote(self.evaluator, chunk) for chunk in chunks]
+        out: list[list[TrialResult]] = []
+        deadline = time.monotonic() + self.task_timeout_s
+        for ref, chunk in zip(refs, chunks, strict=True):
+            out.append(self._collect(ref, chunk, deadline))
+        return [r for chunk in out for r in chunk]
+
+    def _collect(self, ref: Any, chunk: list[EvalTask], deadline: float) -> list[TrialResult]:
+        ray = self._ray
+        start = time.monotonic()
+        try:
+            return ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            status, reason = "timeout", f"no result within {self.task_timeout_s:.0f} s"
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError,
+                ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as e:
+            status, reason = "crash", _short(e)
+        except ray.exceptions.RayTaskError as e:
+            status, reason = "error", _short(e.cause if e.cause is not None else e)
+        wall = time.monotonic() - start
+        return [TrialResult(status=status, fidelity=self.evaluator, reason=reason, wall_s=wall) for _ in chunk]
+
+    def close(self) -> None:
+        """Shut Ray down if this pool started it."""
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()

@@ -1,0 +1,304 @@
+"""The study driver: a thin Optuna ask/tell loop that dispatches layouts to Ray workers.
+
+Per asked trial: space point -> :func:`derive` (invalid -> PRUNED, reason stored, never dispatched) ->
+framework capability table (unsupported -> PRUNED) -> analytic memory screen (over capacity ->
+COMPLETE with the estimate and a positive constraint, so constrained samplers learn; never
+dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity and cost-model
+version -> reuse) -> Ray worker -> :class:`TrialResult` -> tell + one evaluation row. The driver is the
+only DB writer. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported -> PRUNED;
+crash/timeout/nan/error -> FAIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from autotune import __version__
+from autotune.config import ParallelConfig, derive
+from autotune.costmodel import estimate
+from autotune.costmodel.estimate import COST_MODEL_VERSION
+from autotune.errors import InfeasibleConfig
+from autotune.frameworks import unsupported_reason
+from autotune.objectives import Objective, objective_for
+from autotune.resolve import Problem, resolve
+from autotune.samplers import CONSTRAINT_ATTR, make_sampler
+from autotune.space import SearchSpace, load_space
+from autotune.spec import ClusterSpec, StudySpec
+from autotune.storage import HEARTBEAT_S, EvaluationRecord, Storage
+from workers.evaluator import EvalTask
+
+__all__ = ["RunOptions", "Progress", "Driver", "STATE_OF"]
+
+TrialState = optuna.trial.TrialState
+#: Typed outcome -> Optuna state.
+STATE_OF: dict[str, TrialState] = {
+    "ok": TrialState.COMPLETE, "oom": TrialState.PRUNED, "infeasible": TrialState.PRUNED,
+    "unsupported": TrialState.PRUNED, "crash": TrialState.FAIL, "timeout": TrialState.FAIL,
+    "nan": TrialState.FAIL, "error": TrialState.FAIL,
+}
+_DERIVE_KEYS = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute", "recompute_layers",
+                "sequence_parallel", "pp_schedule", "tp_comm_overlap", "overlap_grad_reduce",
+                "overlap_param_gather")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How to run a study (spec values after CLI overrides)."""
+
+    n_trials: int
+    timeout_s: float | None = None
+    sampler: str = "tpe"
+    evaluator: str = "analytic"
+    workers: int = 2
+    seed: int | None = None
+    ray_address: str | None = None
+    use_cache: bool = True
+    batch: int = 16
+    task_timeout_s: float = 600.0
+    evaluator_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    """What the progress bar shows."""
+
+    done: int = 0
+    total: int = 0
+    best: float | None = None
+    infeasible: int = 0
+    cached: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _Pending:
+    trial: optuna.trial.Trial
+    params: dict[str, Any]
+    cfg: ParallelConfig
+    cluster: ClusterSpec
+    key: str
+
+
+def reason_kind(reason: str) -> str:
+    """A reason with its numbers blanked, to group similar rejections."""
+    return re.sub(r"\d+(\.\d+)?", "N", reason)[:200]
+
+
+class Driver:
+    """Runs one study: asks Optuna, screens, dispatches to Ray, tells, records."""
+
+    def __init__(self, spec: StudySpec, storage: Storage, options: RunOptions, problem: Problem | None = None):
+        self.spec = spec
+        self.storage = storage
+        self.options = options
+        self.problem = problem or resolve(spec)
+        self.space: SearchSpace = load_space(spec.search.space)
+        self.objective: Objective = objective_for(spec)
+        self.node_counts = spec.cluster.node_counts
+        self.fidelity = options.evaluator
+        self._sampler = make_sampler(options.sampler, options.seed, self.objective.multi)
+        self._in_flight: set[int] = set()
+        self._lock = threading.Lock()
+
+    # study lifecycle -----------------------------------------------------------------------------
+    def open(self, create: bool) -> optuna.Study:
+        """Create (``create``) or load the Optuna study on the shared storage."""
+        ostore = self.storage.optuna()
+        directions = list(self.objective.directions)
+        if create:
+            study = optuna.create_study(study_name=self.spec.name, storage=ostore, directions=directions,
+                                        sampler=self._sampler)
+            self.storage.add_study(self.spec.name, self.spec.model_dump(mode="json"), __version__,
+                                   COST_MODEL_VERSION)
+            return study
+        study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=self._sampler)
+        optuna.storages.fail_stale_trials(study)
+        return study
+
+    # one trial -----------------------------------------------------------------------------------
+    def _cluster(self, nodes: int) -> ClusterSpec:
+        return self.spec.cluster.model_copy(update={"nodes": nodes})
+
+    def _cache_key(self, cfg: ParallelConfig, cluster: ClusterSpec) -> str:
+        blob = json.dumps({
+            "model": self.problem.model.model_dump(mode="json"), "gpu": self.problem.gpu.model_dump(mode="json"),
+            "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes, "price": cluster.price_per_gpu_hour,
+            "training": self.problem.training.model_dump(mode="json"), "layout": cfg.to_dict(),
+            "fidelity": self.fidelity, "cost_model": COST_MODEL_VERSION, "options": self.options.evaluator_options,
+        }, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _propose(self, trial: optuna.trial.Trial) -> dict[str, Any]:
+        params = self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)))
+        if len(self.node_counts) > 1:
+            params["nodes"] = trial.suggest_categorical("nodes", self.node_counts)
+        else:
+            params["nodes"] = self.node_counts[0]
+        return params
+
+    def _screen(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> _Pending | EvaluationRecord:
+        """Validate and memory-screen one proposal; a rejection is returned as its record."""
+        cluster = self._cluster(params["nodes"])
+        kwargs = {k: params[k] for k in _DERIVE_KEYS if k in params}
+        layout = dict(params)
+        try:
+            cfg = derive(self.problem.model, self.problem.training, cluster.gpus, **kwargs)
+        except InfeasibleConfig as e:
+            return self._record(trial, layout, "infeasible", {}, reason=str(e))
+        layout = cfg.to_dict() | {"nodes": cluster.nodes}
+        if self.space.framework != "any":
+            why = unsupported_reason(self.space.framework, cfg, self.problem.training)
+            if why:
+                return self._record(trial, layout, "unsupported", {}, reason=why)
+        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
+        est["gpus"] = cluster.gpus
+        if not est["fits"]:
+            reason = f"memory: {est['memory_gib']['total']:.1f} GiB > {est['capacity_gib']:.1f} GiB usable"
+            return self._record(trial, layout, "infeasible", est, reason=reason, kind="memory")
+        return _Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster))
+
+    def _record(self, trial: optuna.trial.Trial, layout: dict[str, Any], status: str, metrics: dict[str, Any],
+                *, reason: str | None = None, kind: str | None = None, fidelity: str = "analytic",
+                wall_s: float = 0.0, host: str = "", key: str | None = None,
+                cached: bool = False) -> EvaluationRecord:
+        value = None
+        if status == "ok" or (kind == "memory" and metrics):
+            value = self.objective.values(metrics)[0]
+        return EvaluationRecord(
+            study=self.spec.name, trial=trial.number, fidelity=fidelity, layout=layout, metrics=metrics,
+            status=status, reason=reason, reason_kind=kind or (reason_kind(reason) if reason else None),
+            value=value, wall_s=wall_s, host=host, cache_key=key, cached=cached)
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, rec: EvaluationRecord) -> None:
+        m = rec.metrics
+        attrs: dict[str, Any] = {"status": rec.status, "fidelity": rec.fidelity, "layout": rec.layout}
+        if rec.reason:
+            attrs["reason"] = rec.reason
+        if m:
+            attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
+                      "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
+            attrs[CONSTRAINT_ATTR] = m["memory_gib"]["total"] - m["capacity_gib"]
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        memory_rejected = rec.status == "infeasible" and rec.reason_kind == "memory"
+        if rec.status == "ok" or memory_rejected:
+            study.tell(trial, self.objective.values(m), skip_if_finished=True)
+        else:
+            study.tell(trial, state=STATE_OF[rec.status], skip_if_finished=True)
+
+    # loop ----------------------------------------------------------------------------------------
+    def _grid_queue(self, study: optuna.Study) -> list[dict[str, Any]]:
+        """Grid: every point of the space not yet tried, as the params Optuna will record."""
+        seen = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)}
+        queue = []
+        for point in self.space.points():
+            for nodes in self.node_counts:
+                rec: dict[str, Any] = {}
+                self.space.sample(lambda n, ch, p=point, r=rec: r.setdefault(n, p[n]))
+                if len(self.node_counts) > 1:
+                    rec["nodes"] = nodes
+                key = json.dumps(rec, sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    queue.append(rec)
+        return queue
+
+    def _done(self) -> int:
+        return len({r.trial for r in self.storage.evaluations(self.spec.name)})
+
+    def _heartbeat(self, study: optuna.Study, stop: threading.Event) -> None:
+        ostore = self.storage.optuna()
+        while not stop.wait(HEARTBEAT_S):
+            with self._lock:
+                ids = list(self._in_flight)
+            for trial_id in ids:
+                ostore.record_heartbeat(trial_id)
+
+    def run(self, study: optuna.Study, on_progress: Callable[[Progress], None] | None = None) -> Progress:
+        """Run until the budget, the timeout or (grid) the space is exhausted."""
+        from autotune.dispatch import RayPool
+
+        opts = self.options
+        start = time.monotonic()
+        progress = Progress(done=self._done(), total=opts.n_trials)
+        grid = self._grid_queue(study) if opts.sampler == "grid" else None
+        if grid is not None:
+            progress.total = min(opts.n_trials, progress.done + len(grid))
+        pool = RayPool(self.fidelity, opts.workers, opts.ray_address, opts.task_timeout_s)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(study, stop), daemon=True)
+        beat.start()
+        try:
+            while progress.done < progress.total:
+                if opts.timeout_s is not None and time.monotonic() - start > opts.timeout_s:
+                    break
+                k = min(opts.batch if self.fidelity == "analytic" else opts.workers, progress.total - progress.done)
+                if grid is not None:
+                    for params in grid[:k]:
+                        study.enqueue_trial(params, skip_if_exists=False)
+                    del grid[:k]
+                self._step(study, pool, k, progress)
+                if on_progress:
+                    on_progress(progress)
+        finally:
+            stop.set()
+            pool.close()
+        return progress
+
+    def _step(self, study: optuna.Study, pool: Any, k: int, progress: Progress) -> None:
+        asked: dict[int, optuna.trial.Trial] = {}
+        done: list[EvaluationRecord] = []
+        pending: list[_Pending] = []
+        for _ in range(k):
+            trial = study.ask()
+            asked[trial.number] = trial
+            with self._lock:
+                self._in_flight.add(trial._trial_id)
+            out = self._screen(trial, self._propose(trial))
+            (pending if isinstance(out, _Pending) else done).append(out)
+        hits = self.storage.cached([p.key for p in pending]) if self.options.use_cache else {}
+        todo = [p for p in pending if p.key not in hits]
+        for p in pending:
+            if p.key in hits:
+                c = hits[p.key]
+                done.append(self._record(p.trial, c.layout, c.status, c.metrics, reason=c.reason,
+                                         fidelity=c.fidelity, host=c.host, key=p.key, cached=True))
+        tasks = [EvalTask(model=self.problem.model, training=self.problem.training, gpu=self.problem.gpu,
+                          gpus_per_node=p.cluster.gpus_per_node, config=p.cfg, trial=p.trial.number,
+                          options=self.options.evaluator_options
+                          | {"price_per_gpu_hour": p.cluster.price_per_gpu_hour}) for p in todo]
+        for p, res in zip(todo, pool.run(tasks), strict=True):
+            metrics = dict(res.metrics) | ({"gpus": p.cluster.gpus} if res.metrics else {})
+            done.append(self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, res.status, metrics,
+                                     reason=res.reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
+                                     key=p.key))
+        self.storage.add_evaluations(done)
+        for rec in done:
+            trial = asked[rec.trial]
+            self._tell(study, trial, rec)
+            with self._lock:
+                self._in_flight.discard(trial._trial_id)
+            self._count(progress, rec)
+
+    def _count(self, progress: Progress, rec: EvaluationRecord) -> None:
+        progress.done += 1
+        progress.cached += int(rec.cached)
+        if rec.status == "ok":
+            if rec.value is not None and (progress.best is None or self._improves(rec.value, progress.best)):
+                progress.best = rec.value
+        elif STATE_OF[rec.status] == TrialState.PRUNED:
+            progress.infeasible += 1
+        else:
+            progress.failed += 1
+
+    def _improves(self, value: float, best: float) -> bool:
+        return value > best if self.objective.directions[0] == "maximize" else value < best

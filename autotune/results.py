@@ -1,0 +1,90 @@
+"""Reading a study back: the best layout that fits, runners-up and why they lost, rejection counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from autotune.errors import AutotuneError
+from autotune.objectives import Objective
+from autotune.storage import EvaluationRecord, Storage
+
+__all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front"]
+
+#: Higher is more trustworthy: ``best`` ranks by the highest fidelity that has a successful result.
+FIDELITY_RANK = {"analytic": 0, "dryrun": 1, "measure": 2}
+
+
+def why_lost(best: dict[str, Any], other: dict[str, Any]) -> str:
+    """The time term by which ``other`` is slowest relative to ``best`` (per optimizer step)."""
+    a, b = best.get("time_breakdown_s", {}), other.get("time_breakdown_s", {})
+    if not a or not b:
+        return f"step {other['step_time_s']:.3f} s vs {best['step_time_s']:.3f} s"
+    term = max(a, key=lambda k: b.get(k, 0.0) - a[k])
+    delta = b.get(term, 0.0) - a[term]
+    slower = other["step_time_s"] / best["step_time_s"] - 1 if best["step_time_s"] else 0.0
+    return f"{term} +{delta:.3f} s/step ({slower:+.1%} step time)"
+
+
+def _metrics_view(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("step_time_s", "tokens_per_s", "mfu", "hfu", "tflops_per_gpu", "training_days", "gpu_hours", "cost",
+            "gpus")
+    return {k: m[k] for k in keys if k in m} | {"memory_gib": m.get("memory_gib"),
+                                                 "time_breakdown_s": m.get("time_breakdown_s")}
+
+
+def pareto_front(rows: list[EvaluationRecord], objective: Objective) -> list[EvaluationRecord]:
+    """Non-dominated successful rows under ``objective`` (all minimised or maximised per direction)."""
+    sign = [1.0 if d == "minimize" else -1.0 for d in objective.directions]
+    pts = [(tuple(s * v for s, v in zip(sign, objective.values(r.metrics), strict=True)), r) for r in rows]
+    front = [r for p, r in pts
+             if not any(all(x <= y for x, y in zip(q, p, strict=True)) and q != p for q, _ in pts)]
+    return sorted(front, key=lambda r: objective.values(r.metrics))
+
+
+def best_report(storage: Storage, study: str, objective: Objective, top: int = 5) -> dict[str, Any]:
+    """The ``autotune best --json`` object."""
+    rows = storage.evaluations(study)
+    if not rows:
+        raise AutotuneError(f"study: {study!r} has no evaluations (see `autotune studies`)")
+    ok = [r for r in rows if r.status == "ok" and r.metrics.get("fits", True)]
+    rejected = [r for r in rows if r.status != "ok"]
+    reasons = Counter(f"{r.status}: {r.reason_kind or r.reason or ''}" for r in rejected)
+    out: dict[str, Any] = {
+        "study": study,
+        "objective": objective.name,
+        "evaluations": len(rows),
+        "infeasible": {"count": len(rejected), "reasons": dict(reasons.most_common())},
+    }
+    if not ok:
+        return out | {"config": None, "metrics": None, "fidelity": None, "trial": None, "runners_up": []}
+    top_fid = max(FIDELITY_RANK.get(r.fidelity, 0) for r in ok)
+    ranked = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) == top_fid]
+    reverse = objective.directions[0] == "maximize"
+    ranked.sort(key=lambda r: objective.values(r.metrics)[0], reverse=reverse)
+    unique: list[EvaluationRecord] = []
+    seen: set[str] = set()
+    for r in ranked:
+        key = repr(sorted(r.layout.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    best = unique[0]
+    lower = {r.trial: r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) < top_fid}
+    out |= {
+        "config": best.layout,
+        "metrics": _metrics_view(best.metrics),
+        "fidelity": best.fidelity,
+        "trial": best.trial,
+        "runners_up": [{"trial": r.trial, "config": r.layout, "fidelity": r.fidelity,
+                        "metrics": _metrics_view(r.metrics), "lost_by": why_lost(best.metrics, r.metrics)}
+                       for r in unique[1:top + 1]],
+    }
+    if lower:
+        same = [r for r in lower.values() if r.layout == best.layout]
+        if same:
+            out["lower_fidelity"] = {"fidelity": same[0].fidelity, "metrics": _metrics_view(same[0].metrics)}
+    if objective.multi:
+        out["pareto_front"] = [{"trial": r.trial, "config": r.layout, "values": dict(zip(
+            objective.keys, objective.values(r.metrics), strict=True))} for r in pareto_front(unique, objective)]
+    return out

@@ -1,0 +1,191 @@
+"""Declarative search spaces: dimensions with choices, conditions and derived values.
+
+A space is YAML (``search_spaces/<name>.yaml`` or a user path)::
+
+    name: megatron
+    framework: megatron            # capability table used to reject layouts the framework cannot run
+    dimensions:
+      tp: {choices: [1, 2, 4, 8]}
+      vpp: {choices: [1, 2, 4], when: "pp > 1", default: 1}
+    fixed: {overlap_grad_reduce: true}
+    derived: [dp, grad_accum]      # documentation: derived by ParallelConfig, never sampled
+
+``when`` is a small boolean expression over earlier dimensions (comparisons, ``and``/``or``/``not``,
+``in`` with a literal list); an inactive dimension takes its ``default``. A ``range`` ``[lo, hi]``
+expands to the powers of two in it.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotune.errors import SpecError
+
+__all__ = ["Dimension", "SearchSpace", "load_space", "space_names", "LAYOUT_KEYS"]
+
+#: Dimensions a space may declare (the arguments of :func:`autotune.config.derive`, plus ``nodes``).
+LAYOUT_KEYS = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute", "recompute_layers",
+               "sequence_parallel", "tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather",
+               "pp_schedule", "nodes")
+_FRAMEWORKS = ("megatron", "deepspeed", "torchtitan", "any")
+_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare, ast.Name, ast.Load,
+          ast.Constant, ast.List, ast.Tuple, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In,
+          ast.NotIn)
+
+
+def _compile_when(expr: str, where: str) -> Callable[[dict[str, Any]], bool]:
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError as e:
+        raise SpecError(f"{where}: invalid expression {expr!r}: {e.msg}") from e
+    for node in ast.walk(tree):
+        if not isinstance(node, _NODES):
+            raise SpecError(f"{where}: {type(node).__name__} is not allowed in {expr!r} "
+                            "(allowed: names, literals, comparisons, and/or/not, in)")
+    code = compile(tree, where, "eval")
+
+    def when(values: dict[str, Any]) -> bool:
+        return bool(eval(code, {"__builtins__": {}}, dict(values)))  # noqa: S307 - AST checked above
+
+    return when
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched dimension."""
+
+    name: str
+    choices: tuple[Any, ...]
+    when: str | None = None
+    default: Any = None
+    _cond: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False, repr=False)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether the condition holds for the values chosen so far."""
+        if self._cond is None:
+            return True
+        try:
+            return self._cond(values)
+        except NameError as e:
+            raise SpecError(f"space.dimensions.{self.name}.when: {e} (conditions may use only earlier "
+                            "dimensions)") from e
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An ordered set of dimensions plus fixed values, for one framework."""
+
+    name: str
+    framework: str
+    dimensions: tuple[Dimension, ...]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def sample(self, suggest: Callable[[str, tuple[Any, ...]], Any]) -> dict[str, Any]:
+        """Pick a point define-by-run: ``suggest(name, choices)`` is called for active dimensions only."""
+        values: dict[str, Any] = dict(self.fixed)
+        for dim in self.dimensions:
+            values[dim.name] = suggest(dim.name, dim.choices) if dim.active(values) else dim.default
+        return values
+
+    def points(self) -> Iterator[dict[str, Any]]:
+        """Every point of the space once (inactive dimensions at their default)."""
+        seen: set[tuple[Any, ...]] = set()
+
+        def walk(i: int, values: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            if i == len(self.dimensions):
+                key = tuple(values[d.name] for d in self.dimensions)
+                if key not in seen:
+                    seen.add(key)
+                    yield dict(values)
+                return
+            dim = self.dimensions[i]
+            options = dim.choices if dim.active(values) else (dim.default,)
+            for v in options:
+                values[dim.name] = v
+                yield from walk(i + 1, values)
+
+        yield from walk(0, dict(self.fixed))
+
+    def size_upper_bound(self) -> int:
+        """Product of the choice counts (ignoring conditions)."""
+        return math.prod(len(d.choices) for d in self.dimensions)
+
+
+def _choices(name: str, body: dict[str, Any], where: str) -> tuple[Any, ...]:
+    if "choices" in body:
+        ch = body["choices"]
+        if not isinstance(ch, list) or not ch:
+            raise SpecError(f"{where}.choices: must be a non-empty list")
+        return tuple(ch)
+    if "range" in body:
+        r = body["range"]
+        if not (isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and x >= 1 for x in r)
+                and r[0] <= r[1]):
+            raise SpecError(f"{where}.range: must be [lo, hi] with 1 <= lo <= hi integers")
+        return tuple(2**k for k in range(r[1].bit_length()) if r[0] <= 2**k <= r[1])
+    raise SpecError(f"{where}: give 'choices' or 'range' (allowed keys: choices, range, when, default)")
+
+
+def parse_space(data: dict[str, Any], source: str) -> SearchSpace:
+    """Validate a space mapping."""
+    allowed = {"name", "framework", "description", "dimensions", "fixed", "derived"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise SpecError(f"space.{sorted(unknown)[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+    framework = data.get("framework", "any")
+    if framework not in _FRAMEWORKS:
+        raise SpecError(f"space.framework: {framework!r} is not one of {', '.join(_FRAMEWORKS)}")
+    dims_raw = data.get("dimensions")
+    if not isinstance(dims_raw, dict) or not dims_raw:
+        raise SpecError("space.dimensions: must be a non-empty mapping of dimension name to {choices|range}")
+    dims = []
+    for name, body in dims_raw.items():
+        where = f"space.dimensions.{name}"
+        if name not in LAYOUT_KEYS:
+            raise SpecError(f"{where}: unknown dimension (allowed: {', '.join(LAYOUT_KEYS)})")
+        if not isinstance(body, dict) or set(body) - {"choices", "range", "when", "default"}:
+            raise SpecError(f"{where}: must be a mapping with keys choices|range, when, default")
+        choices = _choices(name, body, where)
+        when = body.get("when")
+        cond = _compile_when(str(when), f"{where}.when") if when is not None else None
+        default = body.get("default", choices[0])
+        dims.append(Dimension(name, choices, None if when is None else str(when), default, cond))
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, dict) or set(fixed) - set(LAYOUT_KEYS):
+        raise SpecError(f"space.fixed: must map layout keys ({', '.join(LAYOUT_KEYS)}) to values")
+    return SearchSpace(name=str(data.get("name", source)), framework=framework, dimensions=tuple(dims),
+                       fixed=dict(fixed))
+
+
+def space_names() -> list[str]:
+    """Spaces shipped with autotune."""
+    root = resources.files("search_spaces")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_space(ref: str) -> SearchSpace:
+    """A shipped space by name, or a user's YAML file."""
+    if ref in space_names():
+        text = resources.files("search_spaces").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
+        source = ref
+    else:
+        path = Path(ref)
+        if not path.is_file():
+            raise SpecError(f"search.space: unknown space {ref!r} (allowed: {', '.join(space_names())}, "
+                            "or a YAML path)")
+        text, source = path.read_text(encoding="utf-8"), path.stem
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"search.space: {ref} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise SpecError(f"search.space: {ref} must hold a mapping")
+    return parse_space(data, source)

@@ -1,0 +1,264 @@
+"""Persistence: Optuna's RDB tables plus autotune's own, in one database (any SQLAlchemy URL).
+
+autotune's tables (SQLAlchemy 2 ORM): ``autotune_studies`` (the spec as submitted and the versions that
+produced it), ``autotune_evaluations`` (one row per evaluated or rejected layout: fidelity, layout,
+full estimate or measurement, typed status and reason, wall time, worker host, cache key) and
+``autotune_schema`` (schema version). The driver is the only writer; workers never open the DB.
+SQLite gets WAL journaling and a busy timeout so several drivers can share one file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from autotune.errors import StorageError
+
+__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "Storage", "EvaluationRecord", "mask_url", "storage_url"]
+
+DEFAULT_URL = "sqlite:///autotune.db"
+SCHEMA_VERSION = 1
+HEARTBEAT_S = 2
+GRACE_S = 6
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Schema(_Base):
+    __tablename__ = "autotune_schema"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class _Study(_Base):
+    __tablename__ = "autotune_studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    autotune_version: Mapped[str] = mapped_column(String(32))
+    cost_model_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, server_default=func.now())
+
+
+class _Evaluation(_Base):
+    __tablename__ = "autotune_evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study: Mapped[str] = mapped_column(String(128), index=True)
+    trial: Mapped[int] = mapped_column(Integer)
+    fidelity: Mapped[str] = mapped_column(String(16))
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    layout_json: Mapped[str] = mapped_column(Text)
+    metrics_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason_kind: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+    host: Mapped[str] = mapped_column(String(128), default="")
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, server_default=func.now())
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One row of ``autotune_evaluations`` as plain data."""
+
+    study: str
+    trial: int
+    fidelity: str
+    layout: dict[str, Any]
+    metrics: dict[str, Any]
+    status: str
+    reason: str | None = None
+    reason_kind: str | None = None
+    value: float | None = None
+    wall_s: float = 0.0
+    host: str = ""
+    cache_key: str | None = None
+    cached: bool = False
+
+
+def storage_url(url: str | None) -> str:
+    """The storage URL to use: the argument, else $AUTOTUNE_STORAGE, else ``sqlite:///autotune.db``."""
+    return url or os.environ.get("AUTOTUNE_STORAGE") or DEFAULT_URL
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise StorageError(f"storage: cannot parse URL {url!r} (expected an SQLAlchemy URL such as "
+                           "sqlite:///autotune.db or postgresql+psycopg://user@host/db)") from e
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable storage URL>"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _row(e: _Evaluation) -> EvaluationRecord:
+    return EvaluationRecord(
+        study=e.study, trial=e.trial, fidelity=e.fidelity, layout=json.loads(e.layout_json),
+        metrics=json.loads(e.metrics_json), status=e.status, reason=e.reason, reason_kind=e.reason_kind,
+        value=e.value, wall_s=e.wall_s, host=e.host, cache_key=e.cache_key, cached=e.cached,
+    )
+
+
+class Storage:
+    """autotune's tables and Optuna's RDBStorage over one database URL.
+
+    ``create=False`` (read-only commands) refuses to create a missing SQLite file or tables.
+    """
+
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        self.url = storage_url(url)
+        parsed = _parse(self.url)
+        self.display_url = mask_url(self.url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database not in (None, "", ":memory:"):
+            path = Path(parsed.database)
+            if not create and not path.exists():
+                raise StorageError(f"storage: {self.display_url} does not exist (run `autotune submit` first)")
+            if create and not path.parent.exists():
+                raise StorageError(f"storage: directory {path.parent} of {self.display_url} does not exist")
+        self.engine = self._engine(parsed)
+        self._init_schema(create)
+        self._optuna: optuna.storages.RDBStorage | None = None
+
+    def _engine(self, parsed: URL) -> Engine:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 30}
+        try:
+            engine = create_engine(parsed, **kwargs)
+        except (NoSuchModuleError, ArgumentError, ImportError) as e:
+            raise StorageError(f"storage: unsupported URL {self.display_url}: {e}") from e
+        if self.is_sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def _init_schema(self, create: bool) -> None:
+        try:
+            tables = set(inspect(self.engine).get_table_names())
+            if _Schema.__tablename__ not in tables:
+                if not create:
+                    raise StorageError(f"storage: {self.display_url} holds no autotune studies")
+                _Base.metadata.create_all(self.engine)
+                with Session(self.engine) as s, s.begin():
+                    if s.get(_Schema, 1) is None:
+                        s.add(_Schema(id=1, version=SCHEMA_VERSION))
+            with Session(self.engine) as s:
+                row = s.get(_Schema, 1)
+            if row is not None and row.version != SCHEMA_VERSION:
+                raise StorageError(f"storage: schema version {row.version} in {self.display_url}, "
+                                   f"this autotune reads version {SCHEMA_VERSION}")
+        except OperationalError as e:
+            raise StorageError(f"storage: cannot open {self.display_url}: {str(e.orig).strip()}") from e
+        except SQLAlchemyError as e:
+            raise StorageError(f"storage: {self.display_url}: {type(e).__name__}") from e
+
+    def optuna(self) -> optuna.storages.RDBStorage:
+        """Optuna's RDBStorage on the same DB, with heartbeats and retry of trials of a dead driver."""
+        if self._optuna is None:
+            kwargs = {"connect_args": {"timeout": 30}} if self.is_sqlite else {"pool_pre_ping": True}
+            self._optuna = optuna.storages.RDBStorage(
+                self.url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+            )
+        return self._optuna
+
+    # studies -------------------------------------------------------------------------------------
+    def add_study(self, name: str, spec: dict[str, Any], autotune_version: str, cost_model_version: str) -> None:
+        """Record a submitted study (its spec as given)."""
+        with Session(self.engine) as s, s.begin():
+            s.add(_Study(name=name, spec_json=json.dumps(spec, sort_keys=True),
+                         autotune_version=autotune_version, cost_model_version=cost_model_version))
+
+    def study_spec(self, name: str) -> dict[str, Any] | None:
+        """The spec a study was submitted with, or None if there is no such study."""
+        with Session(self.engine) as s:
+            row = s.scalar(select(_Study).where(_Study.name == name))
+            return None if row is None else json.loads(row.spec_json)
+
+    def studies(self) -> list[dict[str, Any]]:
+        """Every study with its evaluation counts."""
+        with Session(self.engine) as s:
+            counts = dict(s.execute(select(_Evaluation.study, func.count()).group_by(_Evaluation.study)).all())
+            ok = dict(s.execute(select(_Evaluation.study, func.count()).where(_Evaluation.status == "ok")
+                                .group_by(_Evaluation.study)).all())
+            rows = s.scalars(select(_Study).order_by(_Study.id)).all()
+            return [{"name": r.name, "created_at": r.created_at.isoformat() if r.created_at else None,
+                     "evaluations": counts.get(r.name, 0), "ok": ok.get(r.name, 0),
+                     "autotune_version": r.autotune_version, "cost_model_version": r.cost_model_version,
+                     "spec": json.loads(r.spec_json)} for r in rows]
+
+    # evaluations ---------------------------------------------------------------------------------
+    def add_evaluations(self, records: list[EvaluationRecord]) -> None:
+        """Write evaluation rows in one transaction."""
+        if not records:
+            return
+        with Session(self.engine) as s, s.begin():
+            s.add_all(_Evaluation(
+                study=r.study, trial=r.trial, fidelity=r.fidelity, cache_key=r.cache_key,
+                layout_json=json.dumps(r.layout, sort_keys=True), metrics_json=json.dumps(r.metrics),
+                status=r.status, reason=r.reason, reason_kind=r.reason_kind, value=r.value, wall_s=r.wall_s,
+                host=r.host, cached=r.cached) for r in records)
+
+    def cached(self, keys: list[str]) -> dict[str, EvaluationRecord]:
+        """Earlier evaluations (any study) with these cache keys, not themselves cache hits."""
+        if not keys:
+            return {}
+        with Session(self.engine) as s:
+            rows = s.scalars(select(_Evaluation).where(_Evaluation.cache_key.in_(keys),
+                                                       _Evaluation.cached.is_(False))).all()
+            return {r.cache_key: _row(r) for r in rows if r.cache_key}
+
+    def evaluations(self, study: str, status: str | None = None) -> list[EvaluationRecord]:
+        """A study's evaluation rows in trial order."""
+        with Session(self.engine) as s:
+            q = select(_Evaluation).where(_Evaluation.study == study)
+            if status is not None:
+                q = q.where(_Evaluation.status == status)
+            return [_row(r) for r in s.scalars(q.order_by(_Evaluation.trial, _Evaluation.id)).all()]
+
+    def close(self) -> None:
+        """Release connections."""
+        self.engine.dispose()
+        if self._optuna is not None:
+            self._optuna.remove_session()
+            self._optuna.engine.dispose()
