@@ -1,0 +1,109 @@
+"""``autotune export``: a stored layout becomes a framework's launch configuration.
+
+The layout is rebuilt from the study's evaluation row (:func:`autotune.config.derive` with the stored
+fields, cluster nodes from the row) and the model, cluster and training of the study's stored spec,
+so the exported batch arithmetic is checked again against the spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+
+from autotune.commands.study import STORAGE_HELP
+from autotune.config import ParallelConfig, derive
+from autotune.errors import InfeasibleConfig, SpecError, StorageError
+from autotune.export import EXPORTERS, get_exporter, launcher_args
+from autotune.objectives import objective_for
+from autotune.resolve import Problem, resolve
+from autotune.results import FIDELITY_RANK, best_report
+from autotune.spec import ClusterSpec, StudySpec, parse_spec
+from autotune.storage import EvaluationRecord, Storage
+
+__all__ = ["export_cmd", "load_layout"]
+
+#: ParallelConfig fields that :func:`derive` takes as arguments (dp and grad_accum are derived).
+_DERIVED = ("dp", "grad_accum")
+_ARGS = tuple(f.name for f in dataclasses.fields(ParallelConfig) if f.name not in _DERIVED)
+
+
+def _row(store: Storage, study: str, trial: int | None, spec: StudySpec) -> EvaluationRecord:
+    """The evaluation row to export: ``trial``'s best-fidelity successful row, or the study's best."""
+    if trial is None:
+        trial = best_report(store, study, objective_for(spec))["trial"]
+        if trial is None:
+            raise InfeasibleConfig(f"study: {study!r} has no layout that fits (see `autotune best {study}`)")
+    rows = [r for r in store.evaluations(study) if r.trial == trial]
+    if not rows:
+        raise SpecError(f"trial: study {study!r} has no trial {trial} (see `autotune trials {study}`)")
+    ok = [r for r in rows if r.status == "ok" and r.metrics.get("fits", True)]
+    if not ok:
+        r = rows[-1]
+        raise InfeasibleConfig(f"trial: trial {trial} of {study!r} is {r.status} ({r.reason or 'does not fit'}); "
+                               "only successful trials can be exported")
+    return max(ok, key=lambda r: FIDELITY_RANK.get(r.fidelity, 0))
+
+
+def load_layout(store: Storage, study: str, trial: int | None) -> tuple[Problem, ClusterSpec, ParallelConfig, int]:
+    """The problem, cluster, rebuilt layout and trial number of a stored trial (default: the best).
+
+    Raises :class:`StorageError` for an unknown study, :class:`SpecError` for an unknown trial and
+    :class:`InfeasibleConfig` when the trial failed or its layout no longer derives from the spec.
+    """
+    saved = store.study_spec(study)
+    if saved is None:
+        raise StorageError(f"study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
+    spec = parse_spec(saved)
+    problem = resolve(spec)
+    row = _row(store, study, trial, spec)
+    layout = row.layout
+    cluster = spec.cluster.model_copy(update={"nodes": layout["nodes"]})
+    cfg = derive(problem.model, problem.training, cluster.gpus, **{k: layout[k] for k in _ARGS if k in layout})
+    stored = {k: layout.get(k) for k in _DERIVED}
+    if stored != {k: getattr(cfg, k) for k in _DERIVED}:
+        raise InfeasibleConfig(f"trial {row.trial}: stored {stored} disagrees with the spec's "
+                               f"dp={cfg.dp} grad_accum={cfg.grad_accum}")
+    return problem, cluster, cfg, row.trial
+
+
+def export_cmd(
+    study: str = typer.Argument(..., help="Study name."),
+    fmt: str = typer.Option(..., "--format", "-f", help=f"Launch format: {' | '.join(EXPORTERS)}."),
+    trial: int | None = typer.Option(None, "--trial", help="Trial number [default: the best layout that fits]."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+) -> None:
+    """Write a trial's layout as a Megatron-LM, DeepSpeed or torchtitan launch configuration.
+
+    megatron: pretrain_gpt.py flags. torchtitan: a job-config TOML. deepspeed: the ds_config.json on
+    stdout (or FILE) and the matching Megatron-DeepSpeed launcher flags on stderr (or FILE with the
+    suffix .args, e.g. ds_config.json -> ds_config.args, whose --deepspeed_config names FILE).
+    """
+    exporter = get_exporter(fmt)
+    store = Storage(storage, create=False)
+    problem, cluster, cfg, _ = load_layout(store, study, trial)
+    text = exporter.render(problem.model, problem.training, cluster, cfg)
+    args = None
+    if fmt == "deepspeed":
+        args_path = output.with_suffix(".args") if output else None
+        if output is not None and args_path == output:
+            raise SpecError(f"output: {output} would be overwritten by the launcher args; use a .json name")
+        args = launcher_args(problem.training, cluster, cfg, str(output) if output else "ds_config.json")
+    if output is None:
+        typer.echo(text, nl=False)
+        if args:
+            typer.echo(args, err=True, nl=False)
+        return
+    _write(output, text)
+    if args:
+        _write(args_path, args)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise SpecError(f"output: cannot write {path}: {e.strerror}") from e
+    typer.echo(f"wrote {path}", err=True)
