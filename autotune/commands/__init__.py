@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from autotune.commands import estimate, study
+from autotune.commands import estimate, export, report, study
 
 __all__ = ["register"]
 
@@ -17,3 +17,5 @@ def register(app: typer.Typer) -> None:
     app.command("best")(study.best_cmd)
     app.command("studies")(study.studies_cmd)
     app.command("trials")(study.trials_cmd)
+    app.command("export")(export.export_cmd)
+    app.command("report")(report.report_cmd)
