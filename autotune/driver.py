@@ -7,6 +7,13 @@ dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity
 version -> reuse) -> Ray worker -> :class:`TrialResult` -> tell + one evaluation row. The driver is the
 only DB writer. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported -> PRUNED;
 crash/timeout/nan/error -> FAIL.
+
+Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history on every suggest,
+which over an RDB costs tens of milliseconds per parameter); every trial is mirrored into the study
+in the database — created RUNNING with its params when asked, told with its attributes when done —
+so the DB is the record (dashboard, resume, other drivers) and the sampler stays fast. On open, the
+DB's finished trials seed the in-memory study, and trials a dead driver left RUNNING are failed by
+heartbeat and re-queued (Optuna's RetryHeartbeatStaleTrialCallback), then claimed here.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from autotune.errors import InfeasibleConfig
 from autotune.frameworks import unsupported_reason
 from autotune.objectives import Objective, objective_for
 from autotune.resolve import Problem, resolve
-from autotune.samplers import CONSTRAINT_ATTR, make_sampler
+from autotune.samplers import CONSTRAINT, make_sampler
 from autotune.space import SearchSpace, load_space
 from autotune.spec import ClusterSpec, StudySpec
 from autotune.storage import HEARTBEAT_S, EvaluationRecord, Storage
@@ -80,8 +87,21 @@ class Progress:
 
 
 @dataclass
+class _Asked:
+    """A trial asked on the in-memory study and its mirror in the DB study."""
+
+    mem: optuna.trial.Trial
+    db: optuna.trial.Trial
+
+    @property
+    def number(self) -> int:
+        """The DB trial number (the one users see)."""
+        return self.db.number
+
+
+@dataclass
 class _Pending:
-    trial: optuna.trial.Trial
+    trial: _Asked
     params: dict[str, Any]
     cfg: ParallelConfig
     cluster: ClusterSpec
@@ -108,21 +128,57 @@ class Driver:
         self._sampler = make_sampler(options.sampler, options.seed, self.objective.multi)
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
+        self._seen: set[int] = set()
+        self._mem: optuna.Study
 
     # study lifecycle -----------------------------------------------------------------------------
     def open(self, create: bool) -> optuna.Study:
-        """Create (``create``) or load the Optuna study on the shared storage."""
+        """Create (``create``) or load the study in the DB; seed the in-memory sampling study from it."""
         ostore = self.storage.optuna()
         directions = list(self.objective.directions)
+        recorder = optuna.samplers.RandomSampler()
         if create:
             study = optuna.create_study(study_name=self.spec.name, storage=ostore, directions=directions,
-                                        sampler=self._sampler)
+                                        sampler=recorder)
             self.storage.add_study(self.spec.name, self.spec.model_dump(mode="json"), __version__,
                                    COST_MODEL_VERSION)
-            return study
-        study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=self._sampler)
-        optuna.storages.fail_stale_trials(study)
+        else:
+            study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=recorder)
+            optuna.storages.fail_stale_trials(study)
+        self._mem = optuna.create_study(directions=directions, sampler=self._sampler)
+        self._sync(study)
         return study
+
+    def _sync(self, study: optuna.Study) -> None:
+        """Copy finished DB trials (other drivers', earlier runs') the sampler has not seen yet."""
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        new = [t for t in study.get_trials(deepcopy=False, states=finished) if t.number not in self._seen]
+        for t in new:
+            self._seen.add(t.number)
+        if new:
+            self._mem.add_trials(new)
+
+    def _ask(self, study: optuna.Study) -> tuple[_Asked, dict[str, Any]]:
+        """Ask the sampler (claiming a re-queued DB trial first), mirror the trial into the DB."""
+        ostore = self.storage.optuna()
+        claimed = None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if ostore.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                claimed = t
+                break
+        if claimed is not None:
+            self._mem.enqueue_trial(claimed.params, skip_if_exists=False)
+        mem = self._mem.ask()
+        params = self._propose(mem)
+        if claimed is not None:
+            trial_id = claimed._trial_id
+        else:
+            template = optuna.trial.create_trial(state=TrialState.RUNNING, params=mem.params,
+                                                 distributions=mem.distributions)
+            trial_id = ostore.create_new_trial(study._study_id, template_trial=template)
+        asked = _Asked(mem=mem, db=optuna.trial.Trial(study, trial_id))
+        self._seen.add(asked.number)
+        return asked, params
 
     # one trial -----------------------------------------------------------------------------------
     def _cluster(self, nodes: int) -> ClusterSpec:
@@ -145,7 +201,7 @@ class Driver:
             params["nodes"] = self.node_counts[0]
         return params
 
-    def _screen(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> _Pending | EvaluationRecord:
+    def _screen(self, trial: _Asked, params: dict[str, Any]) -> _Pending | EvaluationRecord:
         """Validate and memory-screen one proposal; a rejection is returned as its record."""
         cluster = self._cluster(params["nodes"])
         kwargs = {k: params[k] for k in _DERIVE_KEYS if k in params}
@@ -166,7 +222,7 @@ class Driver:
             return self._record(trial, layout, "infeasible", est, reason=reason, kind="memory")
         return _Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster))
 
-    def _record(self, trial: optuna.trial.Trial, layout: dict[str, Any], status: str, metrics: dict[str, Any],
+    def _record(self, trial: _Asked, layout: dict[str, Any], status: str, metrics: dict[str, Any],
                 *, reason: str | None = None, kind: str | None = None, fidelity: str = "analytic",
                 wall_s: float = 0.0, host: str = "", key: str | None = None,
                 cached: bool = False) -> EvaluationRecord:
@@ -178,7 +234,7 @@ class Driver:
             status=status, reason=reason, reason_kind=kind or (reason_kind(reason) if reason else None),
             value=value, wall_s=wall_s, host=host, cache_key=key, cached=cached)
 
-    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, rec: EvaluationRecord) -> None:
+    def _tell(self, study: optuna.Study, trial: _Asked, rec: EvaluationRecord) -> None:
         m = rec.metrics
         attrs: dict[str, Any] = {"status": rec.status, "fidelity": rec.fidelity, "layout": rec.layout}
         if rec.reason:
@@ -186,14 +242,17 @@ class Driver:
         if m:
             attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
                       "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
-            attrs[CONSTRAINT_ATTR] = m["memory_gib"]["total"] - m["capacity_gib"]
+            over = m["memory_gib"]["total"] - m["capacity_gib"]
+            trial.mem.set_constraint(CONSTRAINT, over)
+            trial.db.set_constraint(CONSTRAINT, over)
         for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+            trial.db.set_user_attr(k, v)
         memory_rejected = rec.status == "infeasible" and rec.reason_kind == "memory"
-        if rec.status == "ok" or memory_rejected:
-            study.tell(trial, self.objective.values(m), skip_if_finished=True)
-        else:
-            study.tell(trial, state=STATE_OF[rec.status], skip_if_finished=True)
+        for target, t in ((self._mem, trial.mem), (study, trial.db)):
+            if rec.status == "ok" or memory_rejected:
+                target.tell(t, self.objective.values(m), skip_if_finished=True)
+            else:
+                target.tell(t, state=STATE_OF[rec.status], skip_if_finished=True)
 
     # loop ----------------------------------------------------------------------------------------
     def _grid_queue(self, study: optuna.Study) -> list[dict[str, Any]]:
@@ -244,8 +303,9 @@ class Driver:
                 k = min(opts.batch if self.fidelity == "analytic" else opts.workers, progress.total - progress.done)
                 if grid is not None:
                     for params in grid[:k]:
-                        study.enqueue_trial(params, skip_if_exists=False)
+                        self._mem.enqueue_trial(params, skip_if_exists=False)
                     del grid[:k]
+                self._sync(study)
                 self._step(study, pool, k, progress)
                 if on_progress:
                     on_progress(progress)
@@ -255,15 +315,15 @@ class Driver:
         return progress
 
     def _step(self, study: optuna.Study, pool: Any, k: int, progress: Progress) -> None:
-        asked: dict[int, optuna.trial.Trial] = {}
+        asked: dict[int, _Asked] = {}
         done: list[EvaluationRecord] = []
         pending: list[_Pending] = []
         for _ in range(k):
-            trial = study.ask()
+            trial, params = self._ask(study)
             asked[trial.number] = trial
             with self._lock:
-                self._in_flight.add(trial._trial_id)
-            out = self._screen(trial, self._propose(trial))
+                self._in_flight.add(trial.db._trial_id)
+            out = self._screen(trial, params)
             (pending if isinstance(out, _Pending) else done).append(out)
         hits = self.storage.cached([p.key for p in pending]) if self.options.use_cache else {}
         todo = [p for p in pending if p.key not in hits]
@@ -286,7 +346,7 @@ class Driver:
             trial = asked[rec.trial]
             self._tell(study, trial, rec)
             with self._lock:
-                self._in_flight.discard(trial._trial_id)
+                self._in_flight.discard(trial.db._trial_id)
             self._count(progress, rec)
 
     def _count(self, progress: Progress, rec: EvaluationRecord) -> None:

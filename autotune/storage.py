@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,15 @@ class Storage:
         """Optuna's RDBStorage on the same DB, with heartbeats and retry of trials of a dead driver."""
         if self._optuna is None:
             kwargs = {"connect_args": {"timeout": 30}} if self.is_sqlite else {"pool_pre_ping": True}
-            self._optuna = optuna.storages.RDBStorage(
-                self.url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
-            )
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what resume needs
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._optuna = optuna.storages.RDBStorage(
+                    self.url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+            if self.is_sqlite:
+                event.listen(self._optuna.engine, "connect", _sqlite_pragmas)
+                self._optuna.engine.dispose()
         return self._optuna
 
     # studies -------------------------------------------------------------------------------------
