@@ -121,9 +121,12 @@ class Driver:
         self.storage = storage
         self.options = options
         self.problem = problem or resolve(spec)
-        self.space: SearchSpace = load_space(spec.search.space)
         self.objective: Objective = objective_for(spec)
         self.node_counts = spec.cluster.node_counts
+        m, t = self.problem.model, self.problem.training
+        self.space: SearchSpace = load_space(spec.search.space).specialise(
+            layers=m.layers, heads=m.heads, seq_len=t.seq_len, global_batch=t.global_batch,
+            gpu_counts=[n * spec.cluster.gpus_per_node for n in self.node_counts])
         self.fidelity = options.evaluator
         self._sampler = make_sampler(options.sampler, options.seed, self.objective.multi)
         self._in_flight: set[int] = set()

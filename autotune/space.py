@@ -114,6 +114,39 @@ class SearchSpace:
 
         yield from walk(0, dict(self.fixed))
 
+    def specialise(self, *, layers: int, heads: int, seq_len: int, global_batch: int,
+                   gpu_counts: list[int]) -> SearchSpace:
+        """Drop choices no layout of this problem can use, one dimension at a time.
+
+        tp must divide heads and one of the GPU counts; pp must divide layers and a GPU count; cp must
+        divide seq_len and a GPU count; vpp must divide layers; micro_batch must divide global_batch.
+        Combinations (tp·pp·cp versus the GPU count) are left to :func:`autotune.config.derive`.
+        """
+        def fits(n: int) -> bool:
+            return any(g % n == 0 for g in gpu_counts)
+
+        rules = {
+            "tp": lambda v: heads % v == 0 and fits(v),
+            "pp": lambda v: layers % v == 0 and fits(v),
+            "cp": lambda v: seq_len % v == 0 and fits(v),
+            "vpp": lambda v: layers % v == 0,
+            "micro_batch": lambda v: global_batch % v == 0,
+        }
+        dims = []
+        for d in self.dimensions:
+            rule = rules.get(d.name)
+            if rule is None:
+                dims.append(d)
+                continue
+            kept = tuple(v for v in d.choices if isinstance(v, int) and rule(v))
+            if not kept:
+                raise SpecError(f"space.dimensions.{d.name}: no choice of {list(d.choices)} fits this model and "
+                                f"cluster (layers={layers}, heads={heads}, seq_len={seq_len}, "
+                                f"global_batch={global_batch}, gpus={gpu_counts})")
+            default = d.default if d.default in kept else kept[0]
+            dims.append(Dimension(d.name, kept, d.when, default, d._cond))
+        return SearchSpace(name=self.name, framework=self.framework, dimensions=tuple(dims), fixed=dict(self.fixed))
+
     def size_upper_bound(self) -> int:
         """Product of the choice counts (ignoring conditions)."""
         return math.prod(len(d.choices) for d in self.dimensions)

@@ -1,0 +1,157 @@
+"""End-to-end studies on a local Ray with a temporary SQLite DB."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autotune.catalog import get_gpu, get_model
+from autotune.cli import main
+from autotune.config import derive
+from autotune.costmodel import estimate_arrays, layout_arrays
+from autotune.errors import InfeasibleConfig
+from autotune.spec import TrainingSpec
+from autotune.storage import Storage
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+name: small
+framework: any
+dimensions:
+  tp: {choices: [1, 2, 4, 8]}
+  pp: {choices: [1, 2, 4]}
+  sequence_parallel: {choices: [false, true], when: "tp > 1", default: false}
+  micro_batch: {choices: [1, 2, 4]}
+  recompute: {choices: [none, selective, full]}
+  zero: {choices: [0, 1]}
+"""
+
+
+def write_spec(tmp: Path, name: str, sampler: str = "grid", n_trials: int = 1000, space: str | None = None) -> Path:
+    if space is None:
+        (tmp / "small.yaml").write_text(SPACE)
+        space = str(tmp / "small.yaml")
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(f"""name: {name}
+model: llama3-8b
+cluster: {{gpu: h100-sxm, gpus_per_node: 8, nodes: 1}}
+training: {{seq_len: 8192, global_batch: 64, precision: bf16}}
+search: {{space: {space}, sampler: {sampler}, n_trials: {n_trials}, evaluator: analytic, workers: 2, seed: 1}}
+""")
+    return spec
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def enumerate_optimum() -> float:
+    """Best tokens/s over the small space by brute force with the vectorised cost model (no driver)."""
+    model, gpu = get_model("llama3-8b"), get_gpu("h100-sxm")
+    training = TrainingSpec(seq_len=8192, global_batch=64)
+    configs = []
+    for tp in (1, 2, 4, 8):
+        for pp in (1, 2, 4):
+            for sp in ((False, True) if tp > 1 else (False,)):
+                for mbs in (1, 2, 4):
+                    for rc in ("none", "selective", "full"):
+                        for zero in (0, 1):
+                            try:
+                                configs.append(derive(model, training, 8, tp=tp, pp=pp, sequence_parallel=sp,
+                                                      micro_batch=mbs, recompute=rc, zero=zero))
+                            except InfeasibleConfig:
+                                pass
+    out = estimate_arrays(model, training, gpu, 8, layout_arrays(configs))
+    tps = np.where(out["memory"]["fits"], out["time"]["tokens_per_s"], -1.0)
+    return float(tps.max())
+
+
+def test_grid_finds_enumerated_optimum_and_cache_is_reused(tmp_path, ray_local, capsys) -> None:
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    code, out, err = run_cli(["submit", str(write_spec(tmp_path, "grid1")), "--storage", db, "--json"], capsys)
+    assert code == 0, err
+    best = json.loads(out)
+    assert best["metrics"]["tokens_per_s"] == pytest.approx(enumerate_optimum(), rel=1e-12)
+    rows = Storage(db).evaluations("grid1")
+    # every point of the space exactly once: 4 tp x 3 pp x (1 or 2 sp) x 3 mbs x 3 rc x 2 zero
+    assert len(rows) == (1 + 2 + 2 + 2) * 3 * 3 * 3 * 2
+    assert len({json.dumps(r.layout, sort_keys=True) for r in rows}) == len(rows)
+    dispatched = [r for r in rows if r.host]
+    assert dispatched and all(r.status == "ok" and r.metrics["fits"] for r in dispatched)
+    assert not [r for r in rows if r.status == "oom"]  # the memory screen ran before dispatch
+    assert {r.status for r in rows} == {"ok", "infeasible"}
+
+    code, out, err = run_cli(["submit", str(write_spec(tmp_path, "grid2")), "--storage", db, "--json"], capsys)
+    assert code == 0, err
+    rows2 = Storage(db).evaluations("grid2")
+    ok2 = [r for r in rows2 if r.status == "ok"]
+    assert ok2 and all(r.cached for r in ok2)
+    assert json.loads(out)["config"] == best["config"]
+
+
+def test_tpe_study_best_and_listing(tmp_path, ray_local, capsys) -> None:
+    db = f"sqlite:///{tmp_path / 'b.db'}"
+    spec = write_spec(tmp_path, "tpe", sampler="tpe", n_trials=60, space="megatron")
+    code, _, err = run_cli(["submit", str(spec), "--storage", db, "--quiet"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["best", "tpe", "--storage", db, "--json"], capsys)
+    assert code == 0, err
+    best = json.loads(out)
+    for key in ("study", "config", "metrics", "fidelity", "trial", "runners_up", "infeasible"):
+        assert key in best
+    for key in ("step_time_s", "tokens_per_s", "mfu", "memory_gib"):
+        assert key in best["metrics"]
+    assert best["fidelity"] == "analytic"
+    cfg = best["config"]
+    assert cfg["micro_batch"] * cfg["grad_accum"] * cfg["dp"] == 64
+    assert best["infeasible"]["count"] == sum(best["infeasible"]["reasons"].values())
+    code, out, _ = run_cli(["trials", "tpe", "--storage", db, "--json", "--status", "ok", "--sort", "tokens_per_s",
+                            "--limit", "3"],
+                           capsys)
+    top = json.loads(out)
+    assert code == 0 and len(top) == 3 and top[0]["metrics"]["tokens_per_s"] == best["metrics"]["tokens_per_s"]
+    code, out, _ = run_cli(["studies", "--storage", db, "--json"], capsys)
+    assert [s["name"] for s in json.loads(out)] == ["tpe"]
+    code, _, err = run_cli(["submit", str(spec), "--storage", db], capsys)
+    assert code == 2 and "already exists" in err and err.count("\n") == 1
+    code, _, err = run_cli(["resume", "tpe", "--storage", db, "--n-trials", "70", "--quiet"], capsys)
+    assert code == 0, err
+    assert len({r.trial for r in Storage(db).evaluations("tpe")}) == 70
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("edit,field", [
+    (("seq_len: 8192", "seq_len: 0"), "training.seq_len"),
+    (("precision: bf16", "precision: int4"), "training.precision"),
+    (("nodes: 1}", "nodes: 1, rack: 3}"), "cluster.rack"),
+    (("sampler: grid", "sampler: annealing"), "search.sampler"),
+    (("model: llama3-8b", "model: llama5"), "model"),
+])
+def test_bad_spec_exits_2_and_leaves_db_unchanged(tmp_path, edit, field) -> None:
+    db_path = tmp_path / "c.db"
+    Storage(f"sqlite:///{db_path}").close()
+    before = sha(db_path)
+    spec = write_spec(tmp_path, "bad")
+    spec.write_text(spec.read_text().replace(*edit))
+    proc = subprocess.run([sys.executable, "-m", "autotune", "submit", str(spec), "--storage", f"sqlite:///{db_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {field}") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+    assert sha(db_path) == before
