@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import re
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -177,9 +178,15 @@ def _importances(store: Storage, study: str) -> str:
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return _note(f"Parameter importances cannot be computed: {len(done)} completed trial(s), "
                      f"at least {MIN_IMPORTANCE_TRIALS} needed.")
+    target = None
+    if len(ostudy.directions) > 1:  # rank by the first objective; PED-ANOVA treats a target as lower-is-better
+        sign = -1.0 if ostudy.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        target = lambda t: sign * t.values[0]  # noqa: E731
     try:
-        imp = optuna.importance.get_param_importances(
-            ostudy, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=lambda t: t.values[0])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*low `target` values")
+            imp = optuna.importance.get_param_importances(
+                ostudy, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=target)
     except (RuntimeError, ValueError) as e:
         return _note(f"Parameter importances cannot be computed: {e}")
     if not imp:
