@@ -84,6 +84,8 @@ class Progress:
     infeasible: int = 0
     cached: int = 0
     failed: int = 0
+    storage_s: float = 0.0
+    """Seconds spent reading and writing the database (Optuna mirror, evaluation rows, cache look-ups)."""
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Driver:
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self._seen: set[int] = set()
+        self._waiting: list[optuna.trial.FrozenTrial] = []
         self._mem: optuna.Study
 
     # study lifecycle -----------------------------------------------------------------------------
@@ -155,24 +158,29 @@ class Driver:
     def _sync(self, study: optuna.Study) -> None:
         """Copy finished DB trials (other drivers', earlier runs') the sampler has not seen yet."""
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        new = [t for t in study.get_trials(deepcopy=False, states=finished) if t.number not in self._seen]
+        trials = study.get_trials(deepcopy=False)
+        self._waiting = [t for t in trials if t.state == TrialState.WAITING]
+        new = [t for t in trials if t.state in finished and t.number not in self._seen]
         for t in new:
             self._seen.add(t.number)
         if new:
             self._mem.add_trials(new)
 
-    def _ask(self, study: optuna.Study) -> tuple[_Asked, dict[str, Any]]:
+    def _ask(self, study: optuna.Study, progress: Progress) -> tuple[_Asked, dict[str, Any]]:
         """Ask the sampler (claiming a re-queued DB trial first), mirror the trial into the DB."""
         ostore = self.storage.optuna()
+        t0 = time.perf_counter()
         claimed = None
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        while self._waiting and claimed is None:
+            t = self._waiting.pop(0)
             if ostore.set_trial_state_values(t._trial_id, TrialState.RUNNING):
                 claimed = t
-                break
         if claimed is not None:
             self._mem.enqueue_trial(claimed.params, skip_if_exists=False)
+        progress.storage_s += time.perf_counter() - t0
         mem = self._mem.ask()
         params = self._propose(mem)
+        t0 = time.perf_counter()
         if claimed is not None:
             trial_id = claimed._trial_id
         else:
@@ -181,6 +189,7 @@ class Driver:
             trial_id = ostore.create_new_trial(study._study_id, template_trial=template)
         asked = _Asked(mem=mem, db=optuna.trial.Trial(study, trial_id))
         self._seen.add(asked.number)
+        progress.storage_s += time.perf_counter() - t0
         return asked, params
 
     # one trial -----------------------------------------------------------------------------------
@@ -322,13 +331,15 @@ class Driver:
         done: list[EvaluationRecord] = []
         pending: list[_Pending] = []
         for _ in range(k):
-            trial, params = self._ask(study)
+            trial, params = self._ask(study, progress)
             asked[trial.number] = trial
             with self._lock:
                 self._in_flight.add(trial.db._trial_id)
             out = self._screen(trial, params)
             (pending if isinstance(out, _Pending) else done).append(out)
+        t0 = time.perf_counter()
         hits = self.storage.cached([p.key for p in pending]) if self.options.use_cache else {}
+        progress.storage_s += time.perf_counter() - t0
         todo = [p for p in pending if p.key not in hits]
         for p in pending:
             if p.key in hits:
@@ -344,6 +355,7 @@ class Driver:
             done.append(self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, res.status, metrics,
                                      reason=res.reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
                                      key=p.key))
+        t0 = time.perf_counter()
         self.storage.add_evaluations(done)
         for rec in done:
             trial = asked[rec.trial]
@@ -351,6 +363,7 @@ class Driver:
             with self._lock:
                 self._in_flight.discard(trial.db._trial_id)
             self._count(progress, rec)
+        progress.storage_s += time.perf_counter() - t0
 
     def _count(self, progress: Progress, rec: EvaluationRecord) -> None:
         progress.done += 1
