@@ -10,8 +10,9 @@ crash/timeout/nan/error -> FAIL.
 
 Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history on every suggest,
 which over an RDB costs tens of milliseconds per parameter); every trial is mirrored into the study
-in the database — created RUNNING with its params when asked, told with its attributes when done —
-so the DB is the record (dashboard, resume, other drivers) and the sampler stays fast. On open, the
+in the database — created RUNNING when asked, completed with params and attributes when done —
+so the DB is the record (dashboard, resume, other drivers) and the sampler stays fast; outcomes are
+written a batch per transaction (:mod:`autotune.mirror`). On open, the
 DB's finished trials seed the in-memory study, and trials a dead driver left RUNNING are failed by
 heartbeat and re-queued (Optuna's RetryHeartbeatStaleTrialCallback), then claimed here.
 """
@@ -35,6 +36,7 @@ from autotune.costmodel import estimate
 from autotune.costmodel.estimate import COST_MODEL_VERSION
 from autotune.errors import InfeasibleConfig
 from autotune.frameworks import unsupported_reason
+from autotune.mirror import FinishedTrial, record_finished
 from autotune.objectives import Objective, objective_for
 from autotune.resolve import Problem, resolve
 from autotune.samplers import CONSTRAINT, make_sampler
@@ -90,15 +92,14 @@ class Progress:
 
 @dataclass
 class _Asked:
-    """A trial asked on the in-memory study and its mirror in the DB study."""
+    """A trial asked on the in-memory study and its RUNNING mirror in the DB study."""
 
     mem: optuna.trial.Trial
-    db: optuna.trial.Trial
-
-    @property
-    def number(self) -> int:
-        """The DB trial number (the one users see)."""
-        return self.db.number
+    db_id: int
+    number: int
+    """The DB trial number (the one users see)."""
+    claimed: bool
+    """Re-queued trial claimed from WAITING (its DB row already has params)."""
 
 
 @dataclass
@@ -182,12 +183,10 @@ class Driver:
         params = self._propose(mem)
         t0 = time.perf_counter()
         if claimed is not None:
-            trial_id = claimed._trial_id
+            asked = _Asked(mem=mem, db_id=claimed._trial_id, number=claimed.number, claimed=True)
         else:
-            template = optuna.trial.create_trial(state=TrialState.RUNNING, params=mem.params,
-                                                 distributions=mem.distributions)
-            trial_id = ostore.create_new_trial(study._study_id, template_trial=template)
-        asked = _Asked(mem=mem, db=optuna.trial.Trial(study, trial_id))
+            trial_id = ostore.create_new_trial(study._study_id)
+            asked = _Asked(mem=mem, db_id=trial_id, number=ostore.get_trial_number_from_id(trial_id), claimed=False)
         self._seen.add(asked.number)
         progress.storage_s += time.perf_counter() - t0
         return asked, params
@@ -246,7 +245,8 @@ class Driver:
             status=status, reason=reason, reason_kind=kind or (reason_kind(reason) if reason else None),
             value=value, wall_s=wall_s, host=host, cache_key=key, cached=cached)
 
-    def _tell(self, study: optuna.Study, trial: _Asked, rec: EvaluationRecord) -> None:
+    def _tell(self, trial: _Asked, rec: EvaluationRecord) -> FinishedTrial:
+        """Tell the in-memory study; return what to write for the DB trial."""
         m = rec.metrics
         attrs: dict[str, Any] = {"status": rec.status, "fidelity": rec.fidelity, "layout": rec.layout}
         if rec.reason:
@@ -254,17 +254,19 @@ class Driver:
         if m:
             attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
                       "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
-            over = m["memory_gib"]["total"] - m["capacity_gib"]
-            trial.mem.set_constraint(CONSTRAINT, over)
-            trial.db.set_constraint(CONSTRAINT, over)
-        for k, v in attrs.items():
-            trial.db.set_user_attr(k, v)
+            trial.mem.set_constraint(CONSTRAINT, m["memory_gib"]["total"] - m["capacity_gib"])
         memory_rejected = rec.status == "infeasible" and rec.reason_kind == "memory"
-        for target, t in ((self._mem, trial.mem), (study, trial.db)):
-            if rec.status == "ok" or memory_rejected:
-                target.tell(t, self.objective.values(m), skip_if_finished=True)
-            else:
-                target.tell(t, state=STATE_OF[rec.status], skip_if_finished=True)
+        values = self.objective.values(m) if rec.status == "ok" or memory_rejected else None
+        state = TrialState.COMPLETE if values is not None else STATE_OF[rec.status]
+        if values is not None:
+            self._mem.tell(trial.mem, values, skip_if_finished=True)
+        else:
+            self._mem.tell(trial.mem, state=state, skip_if_finished=True)
+        frozen = self._mem._storage.get_trial(trial.mem._trial_id)
+        system = {k: v for k, v in frozen.system_attrs.items() if k.startswith("constraints")}
+        return FinishedTrial(trial_id=trial.db_id, state=state, values=values, params=frozen.params,
+                             distributions=frozen.distributions, user_attrs=attrs, system_attrs=system,
+                             write_params=not trial.claimed)
 
     # loop ----------------------------------------------------------------------------------------
     def _grid_queue(self, study: optuna.Study) -> list[dict[str, Any]]:
@@ -334,7 +336,7 @@ class Driver:
             trial, params = self._ask(study, progress)
             asked[trial.number] = trial
             with self._lock:
-                self._in_flight.add(trial.db._trial_id)
+                self._in_flight.add(trial.db_id)
             out = self._screen(trial, params)
             (pending if isinstance(out, _Pending) else done).append(out)
         t0 = time.perf_counter()
@@ -355,15 +357,15 @@ class Driver:
             done.append(self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, res.status, metrics,
                                      reason=res.reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
                                      key=p.key))
+        finished = [self._tell(asked[rec.trial], rec) for rec in done]
         t0 = time.perf_counter()
         self.storage.add_evaluations(done)
-        for rec in done:
-            trial = asked[rec.trial]
-            self._tell(study, trial, rec)
-            with self._lock:
-                self._in_flight.discard(trial.db._trial_id)
-            self._count(progress, rec)
+        record_finished(self.storage.optuna(), finished)
         progress.storage_s += time.perf_counter() - t0
+        with self._lock:
+            self._in_flight.difference_update(t.db_id for t in asked.values())
+        for rec in done:
+            self._count(progress, rec)
 
     def _count(self, progress: Progress, rec: EvaluationRecord) -> None:
         progress.done += 1
