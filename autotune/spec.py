@@ -136,6 +136,9 @@ class GPUSpec(_Frozen):
     gemm_k_tokens: Annotated[float, Field(ge=0)] = Field(
         96.0, description="Token count at which efficiency halves from the token term (mbs*seq/cp)."
     )
+    gemm_latency_us: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Fixed cost per GEMM (launch, tile ramp-up), microseconds; small GEMMs feel it most."
+    )
     elementwise_bytes_per_token_hidden: Annotated[float, Field(ge=0)] = Field(
         60.0,
         description=(
