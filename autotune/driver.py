@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import threading
+import warnings
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,7 +152,9 @@ class Driver:
                                    COST_MODEL_VERSION)
         else:
             study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=recorder)
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():  # Optuna marks heartbeat helpers experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
         self._mem = optuna.create_study(directions=directions, sampler=self._sampler)
         self._sync(study)
         return study

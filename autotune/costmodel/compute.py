@@ -45,8 +45,8 @@ from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 #: Linear GEMMs in one layer's forward (fused QKV, attention projection, fc1 (+gate), fc2).
 GEMMS_PER_LAYER = 4
 
-__all__ = ["GEMMS_PER_LAYER", "gemm_efficiency", "peak_flops", "activation_dtype_bytes", "replicated_share", "layer_forward_times",
-           "logits_forward_time"]
+__all__ = ["GEMMS_PER_LAYER", "gemm_efficiency", "peak_flops", "activation_dtype_bytes", "replicated_share",
+           "layer_forward_times", "logits_forward_time"]
 
 
 def gemm_efficiency(gpu: GPUSpec, width: Any, tokens: Any) -> Any:
@@ -85,7 +85,8 @@ def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, 
     eff = gemm_efficiency(gpu, model.hidden / tp, tokens)
     lin_peak, core_peak = peak_flops(gpu, training.precision)
     causal = 0.5 if training.flash_attention else 1.0
-    linear = tokens * layer_linear_flops(model) / tp / (lin_peak * eff) + GEMMS_PER_LAYER * gpu.gemm_latency_us * 1e-6
+    latency = GEMMS_PER_LAYER * gpu.gemm_latency_us * 1e-6
+    linear = tokens * layer_linear_flops(model) / tp / (lin_peak * eff) + latency
     core = causal * tokens * attention_core_flops(model, s) / tp / (core_peak * eff)
     share = replicated_share(model)
     scale = np.where(L["sequence_parallel"] > 0, 1.0 / tp, share + (1.0 - share) / tp)
