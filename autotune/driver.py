@@ -23,8 +23,8 @@ import hashlib
 import json
 import re
 import threading
-import warnings
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
