@@ -289,7 +289,13 @@ class Driver:
         return queue
 
     def _done(self) -> int:
-        return len({r.trial for r in self.storage.evaluations(self.spec.name)})
+        rows = self.storage.evaluations(self.spec.name)
+        return len({r.trial for r in rows if r.trial >= 0})
+
+    def warm_start(self, points: list[dict[str, Any]]) -> None:
+        """Queue these space points (active params, e.g. a cheaper fidelity's ranking) before sampling."""
+        for params in points:
+            self._mem.enqueue_trial(params, skip_if_exists=False)
 
     def _heartbeat(self, study: optuna.Study, stop: threading.Event) -> None:
         ostore = self.storage.optuna()

@@ -9,7 +9,7 @@ from autotune.errors import AutotuneError
 from autotune.objectives import Objective
 from autotune.storage import EvaluationRecord, Storage
 
-__all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front"]
+__all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison"]
 
 #: Higher is more trustworthy: ``best`` ranks by the highest fidelity that has a successful result.
 FIDELITY_RANK = {"analytic": 0, "dryrun": 1, "measure": 2}
@@ -42,6 +42,22 @@ def pareto_front(rows: list[EvaluationRecord], objective: Objective) -> list[Eva
     return sorted(front, key=lambda r: objective.values(r.metrics))
 
 
+def fidelity_comparison(top: list[EvaluationRecord], lower: list[EvaluationRecord]) -> list[dict[str, Any]]:
+    """Where cheaper fidelities disagree with the best one: step-time and memory ratios per layout."""
+    out = []
+    for r in top:
+        for other in (o for o in lower if o.layout == r.layout):
+            m, o = r.metrics, other.metrics
+            out.append({
+                "trial": r.trial, "config": r.layout, "fidelity": r.fidelity, "versus": other.fidelity,
+                "step_time_ratio": (o["step_time_s"] / m["step_time_s"]) if m.get("step_time_s") and
+                o.get("step_time_s") else None,
+                "memory_ratio": (o["memory_gib"]["total"] / m["memory_gib"]["total"]) if m.get("memory_gib") and
+                o.get("memory_gib") else None,
+            })
+    return out
+
+
 def best_report(storage: Storage, study: str, objective: Objective, top: int = 5) -> dict[str, Any]:
     """The ``autotune best --json`` object."""
     rows = storage.evaluations(study)
@@ -70,7 +86,7 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
             seen.add(key)
             unique.append(r)
     best = unique[0]
-    lower = {r.trial: r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) < top_fid}
+    lower = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) < top_fid]
     out |= {
         "config": best.layout,
         "metrics": _metrics_view(best.metrics),
@@ -81,9 +97,10 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
                        for r in unique[1:top + 1]],
     }
     if lower:
-        same = [r for r in lower.values() if r.layout == best.layout]
+        same = [r for r in lower if r.layout == best.layout]
         if same:
             out["lower_fidelity"] = {"fidelity": same[0].fidelity, "metrics": _metrics_view(same[0].metrics)}
+        out["fidelity_comparison"] = fidelity_comparison(unique[:top + 1], lower)
     if objective.multi:
         out["pareto_front"] = [{"trial": r.trial, "config": r.layout, "values": dict(zip(
             objective.keys, objective.values(r.metrics), strict=True))} for r in pareto_front(unique, objective)]

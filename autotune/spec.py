@@ -233,6 +233,21 @@ class SearchSpec(_Frozen):
     timeout_s: PosFloat | None = Field(None, description="Wall-clock budget for the study.")
     seed: int | None = Field(None, description="Sampler seed.")
 
+    @model_validator(mode="after")
+    def _fidelity_order(self) -> SearchSpec:
+        order = ("analytic", "dryrun", "measure")
+        if self.fidelities is not None:
+            ranks = [order.index(f) for f in self.fidelities]
+            if not self.fidelities or self.fidelities[0] != "analytic" or ranks != sorted(set(ranks)):
+                raise ValueError(f"fidelities must start with analytic and rise through {', '.join(order)} "
+                                 f"without repeats (got {self.fidelities})")
+        return self
+
+    @property
+    def final_evaluator(self) -> str:
+        """The fidelity the Optuna trials run at: the last of ``fidelities``, else ``evaluator``."""
+        return self.fidelities[-1] if self.fidelities else self.evaluator
+
 
 class StudySpec(_Frozen):
     """A whole study: model + cluster + training + search + objective."""

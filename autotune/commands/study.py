@@ -15,6 +15,7 @@ from autotune.commands.estimate import spec_with_overrides
 from autotune.driver import Driver, RunOptions
 from autotune.driver import Progress as StudyProgress
 from autotune.errors import SpecError, StorageError
+from autotune.fidelity import run_fidelities
 from autotune.objectives import objective_for
 from autotune.render import console, layout_summary, print_best, print_trials
 from autotune.resolve import resolve
@@ -29,10 +30,17 @@ STORAGE_HELP = "SQLAlchemy URL [default: $AUTOTUNE_STORAGE or sqlite:///autotune
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _execute(driver: Driver, study: optuna.Study, on_progress=None) -> StudyProgress:
+    fids = driver.spec.search.fidelities
+    if fids and len(fids) > 1:
+        return run_fidelities(driver, study, list(fids), driver.spec.search.top_k, on_progress)
+    return driver.run(study, on_progress)
+
+
 def _run(driver: Driver, study: optuna.Study, quiet: bool) -> StudyProgress:
     unit = driver.objective.keys[0]
     if quiet:
-        return driver.run(study)
+        return _execute(driver, study)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("best {task.fields[best]}"), TextColumn("infeasible {task.fields[infeasible]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
@@ -43,12 +51,12 @@ def _run(driver: Driver, study: optuna.Study, quiet: bool) -> StudyProgress:
             best = "-" if p.best is None else f"{p.best:,.4g} {unit}"
             bar.update(task, completed=p.done, total=p.total, best=best, infeasible=p.infeasible)
 
-        return driver.run(study, on_progress=update)
+        return _execute(driver, study, update)
 
 
 def _options(spec: StudySpec, ray_address: str | None, use_cache: bool) -> RunOptions:
     s = spec.search
-    return RunOptions(n_trials=s.n_trials, timeout_s=s.timeout_s, sampler=s.sampler, evaluator=s.evaluator,
+    return RunOptions(n_trials=s.n_trials, timeout_s=s.timeout_s, sampler=s.sampler, evaluator=s.final_evaluator,
                       workers=s.workers, seed=s.seed, ray_address=ray_address, use_cache=use_cache)
 
 
@@ -88,9 +96,9 @@ def submit_cmd(
     objective_for(study_spec)
     from workers.registry import EVALUATORS
 
-    if study_spec.search.evaluator not in EVALUATORS:
-        raise SpecError(f"search.evaluator: {study_spec.search.evaluator!r} is not available "
-                        f"(allowed: {', '.join(EVALUATORS)})")
+    for fidelity in study_spec.search.fidelities or [study_spec.search.evaluator]:
+        if fidelity not in EVALUATORS:
+            raise SpecError(f"search.evaluator: {fidelity!r} is not available (allowed: {', '.join(EVALUATORS)})")
     store = Storage(storage)
     exists = store.study_spec(study_spec.name) is not None
     if exists and not resume:
