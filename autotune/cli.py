@@ -37,7 +37,7 @@ register(app)
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 2 with one line on stderr for any user error."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="autotune", standalone_mode=False)
     except AutotuneError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,104 @@
+"""CLI: --help of every command, one-line errors with exit 2, the estimate JSON object."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autotune.cli import app, main
+
+COMMANDS = sorted(c.name for c in app.registered_commands)
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_every_command_is_registered() -> None:
+    assert {"estimate", "submit", "resume", "best", "studies", "trials", "export", "report"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command: str, capsys) -> None:
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0 and "Usage" in out and f"autotune {command}" in out.replace("\n", " ")
+
+
+BASE = ["estimate", "--model", "llama3-8b", "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "8192",
+        "--global-batch", "512"]
+
+
+def test_estimate_json_keys_and_arithmetic(capsys) -> None:
+    code, out, err = run(BASE + ["--tp", "2", "--pp", "2", "--zero", "1", "--micro-batch", "2", "--tokens", "1e12",
+                                 "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    cfg = d["config"]
+    assert (cfg["dp"], cfg["grad_accum"]) == (2, 128)
+    assert cfg["micro_batch"] * cfg["grad_accum"] * cfg["dp"] == 512
+    assert d["params"] == 8_030_261_248
+    assert set(d["memory_gib"]) == {"weights", "gradients", "optimizer", "activations", "other", "total"}
+    assert d["memory_gib"]["total"] == pytest.approx(sum(v for k, v in d["memory_gib"].items() if k != "total"))
+    assert set(d["time_breakdown_s"]) == {"compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p",
+                                          "dp_comm_exposed", "optimizer"}
+    assert d["step_time_s"] == pytest.approx(sum(d["time_breakdown_s"].values()))
+    # tokens/s = global batch x seq / step time; training days = tokens / (tokens/s) / 86400
+    assert d["tokens_per_s"] == pytest.approx(512 * 8192 / d["step_time_s"])
+    steps = -(-1e12 // (512 * 8192))
+    assert d["training_days"] == pytest.approx(steps * d["step_time_s"] / 86400)
+    assert d["gpu_hours"] == pytest.approx(steps * d["step_time_s"] / 3600 * 8)
+    assert isinstance(d["fits"], bool) and d["capacity_gib"] == pytest.approx(79.6 * 0.95)
+    assert 0 < d["mfu"] <= d["hfu"] < 1
+
+
+def test_not_fitting_is_a_valid_answer(capsys) -> None:
+    code, out, _ = run(["estimate", "--model", "llama3-70b", "--gpu", "a100-40gb", "--gpus", "8", "--seq-len",
+                        "4096", "--global-batch", "64", "--json"], capsys)
+    assert code == 0 and json.loads(out)["fits"] is False
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--tp", "3"], "error: tp*pp*cp=3*1*1=3 does not divide gpus=8"),
+    (["--recompute", "most"], "error: recompute='most' must be one of none, selective, full"),
+    (["--precision", "fp9"], "error: training.precision: Input should be 'fp32', 'bf16', 'fp16' or 'fp8'"),
+    (["--tp", "two"], "error: Invalid value for '--tp'"),
+    (["--sp"], "error: sequence_parallel needs tp > 1"),
+    (["--gpu", "h100"], "error: cluster.gpu: unknown GPU 'h100' (allowed: a100-40gb"),
+    (["--bogus"], "error: No such option: --bogus"),
+])
+def test_bad_input_one_line_exit_2(extra, message, capsys) -> None:
+    code, out, err = run(BASE + extra, capsys)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_model_file_and_missing_field(tmp_path, capsys) -> None:
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    code, _, err = run(["estimate", "--model", str(bad), "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "8",
+                        "--global-batch", "8"], capsys)
+    assert code == 2 and err.startswith("error: model:") and "not valid JSON" in err
+    code, _, err = run(["estimate", "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "8", "--global-batch", "8"],
+                       capsys)
+    assert code == 2 and err == "error: model: required field is missing\n"
+
+
+def test_read_commands_on_missing_db_write_nothing(tmp_path, capsys) -> None:
+    db = tmp_path / "none.db"
+    for args in (["studies"], ["best", "x"], ["trials", "x"]):
+        code, _, err = run(args + ["--storage", f"sqlite:///{db}"], capsys)
+        assert code == 2 and "does not exist" in err
+    assert not db.exists()
+
+
+def test_python_m_autotune() -> None:
+    proc = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "estimate" in proc.stdout
