@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autotune.catalog import get_gpu, get_model
+from autotune.cli import main
 from autotune.spec import ModelSpec, TrainingSpec
 
 
@@ -32,3 +33,19 @@ def h100():
 def training_8k() -> TrainingSpec:
     """bf16, seq 8192, global batch 512."""
     return TrainingSpec(seq_len=8192, global_batch=512)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: ``cli([...]) -> (exit code, stdout, stderr)``."""
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        try:
+            main(args)
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

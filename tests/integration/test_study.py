@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -12,7 +14,6 @@ import numpy as np
 import pytest
 
 from autotune.catalog import get_gpu, get_model
-from autotune.cli import main
 from autotune.config import derive
 from autotune.costmodel import estimate_arrays, layout_arrays
 from autotune.errors import InfeasibleConfig
@@ -48,40 +49,25 @@ search: {{space: {space}, sampler: {sampler}, n_trials: {n_trials}, evaluator: a
     return spec
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def enumerate_optimum() -> float:
     """Best tokens/s over the small space by brute force with the vectorised cost model (no driver)."""
     model, gpu = get_model("llama3-8b"), get_gpu("h100-sxm")
     training = TrainingSpec(seq_len=8192, global_batch=64)
     configs = []
-    for tp in (1, 2, 4, 8):
-        for pp in (1, 2, 4):
-            for sp in ((False, True) if tp > 1 else (False,)):
-                for mbs in (1, 2, 4):
-                    for rc in ("none", "selective", "full"):
-                        for zero in (0, 1):
-                            try:
-                                configs.append(derive(model, training, 8, tp=tp, pp=pp, sequence_parallel=sp,
-                                                      micro_batch=mbs, recompute=rc, zero=zero))
-                            except InfeasibleConfig:
-                                pass
+    grid = itertools.product((1, 2, 4, 8), (1, 2, 4), (False, True), (1, 2, 4), ("none", "selective", "full"), (0, 1))
+    for tp, pp, sp, mbs, rc, zero in grid:
+        with contextlib.suppress(InfeasibleConfig):
+            configs.append(derive(model, training, 8, tp=tp, pp=pp, sequence_parallel=sp, micro_batch=mbs,
+                                  recompute=rc, zero=zero))
     out = estimate_arrays(model, training, gpu, 8, layout_arrays(configs))
     tps = np.where(out["memory"]["fits"], out["time"]["tokens_per_s"], -1.0)
     return float(tps.max())
 
 
-def test_grid_finds_enumerated_optimum_and_cache_is_reused(tmp_path, ray_local, capsys) -> None:
+def test_grid_finds_enumerated_optimum_and_cache_is_reused(tmp_path, ray_local, cli) -> None:
     db = f"sqlite:///{tmp_path / 'a.db'}"
-    code, out, err = run_cli(["submit", str(write_spec(tmp_path, "grid1")), "--storage", db, "--json"], capsys)
+    code, out, err = cli(["submit", str(write_spec(tmp_path, "grid1")), "--storage", db, "--json"])
     assert code == 0, err
     best = json.loads(out)
     assert best["metrics"]["tokens_per_s"] == pytest.approx(enumerate_optimum(), rel=1e-12)
@@ -94,7 +80,7 @@ def test_grid_finds_enumerated_optimum_and_cache_is_reused(tmp_path, ray_local, 
     assert not [r for r in rows if r.status == "oom"]  # the memory screen ran before dispatch
     assert {r.status for r in rows} == {"ok", "infeasible"}
 
-    code, out, err = run_cli(["submit", str(write_spec(tmp_path, "grid2")), "--storage", db, "--json"], capsys)
+    code, out, err = cli(["submit", str(write_spec(tmp_path, "grid2")), "--storage", db, "--json"])
     assert code == 0, err
     rows2 = Storage(db).evaluations("grid2")
     ok2 = [r for r in rows2 if r.status == "ok"]
@@ -102,12 +88,12 @@ def test_grid_finds_enumerated_optimum_and_cache_is_reused(tmp_path, ray_local, 
     assert json.loads(out)["config"] == best["config"]
 
 
-def test_tpe_study_best_and_listing(tmp_path, ray_local, capsys) -> None:
+def test_tpe_study_best_and_listing(tmp_path, ray_local, cli) -> None:
     db = f"sqlite:///{tmp_path / 'b.db'}"
     spec = write_spec(tmp_path, "tpe", sampler="tpe", n_trials=60, space="megatron")
-    code, _, err = run_cli(["submit", str(spec), "--storage", db, "--quiet"], capsys)
+    code, _, err = cli(["submit", str(spec), "--storage", db, "--quiet"])
     assert code == 0, err
-    code, out, err = run_cli(["best", "tpe", "--storage", db, "--json"], capsys)
+    code, out, err = cli(["best", "tpe", "--storage", db, "--json"])
     assert code == 0, err
     best = json.loads(out)
     for key in ("study", "config", "metrics", "fidelity", "trial", "runners_up", "infeasible"):
@@ -118,16 +104,15 @@ def test_tpe_study_best_and_listing(tmp_path, ray_local, capsys) -> None:
     cfg = best["config"]
     assert cfg["micro_batch"] * cfg["grad_accum"] * cfg["dp"] == 64
     assert best["infeasible"]["count"] == sum(best["infeasible"]["reasons"].values())
-    code, out, _ = run_cli(["trials", "tpe", "--storage", db, "--json", "--status", "ok", "--sort", "tokens_per_s",
-                            "--limit", "3"],
-                           capsys)
+    code, out, _ = cli(["trials", "tpe", "--storage", db, "--json", "--status", "ok", "--sort", "tokens_per_s",
+                        "--limit", "3"])
     top = json.loads(out)
     assert code == 0 and len(top) == 3 and top[0]["metrics"]["tokens_per_s"] == best["metrics"]["tokens_per_s"]
-    code, out, _ = run_cli(["studies", "--storage", db, "--json"], capsys)
+    code, out, _ = cli(["studies", "--storage", db, "--json"])
     assert [s["name"] for s in json.loads(out)] == ["tpe"]
-    code, _, err = run_cli(["submit", str(spec), "--storage", db], capsys)
+    code, _, err = cli(["submit", str(spec), "--storage", db])
     assert code == 2 and "already exists" in err and err.count("\n") == 1
-    code, _, err = run_cli(["resume", "tpe", "--storage", db, "--n-trials", "70", "--quiet"], capsys)
+    code, _, err = cli(["resume", "tpe", "--storage", db, "--n-trials", "70", "--quiet"])
     assert code == 0, err
     assert len({r.trial for r in Storage(db).evaluations("tpe")}) == 70
 

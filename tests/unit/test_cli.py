@@ -8,19 +8,10 @@ import sys
 
 import pytest
 
-from autotune.cli import app, main
+from autotune.cli import app
 
 COMMANDS = sorted(c.name for c in app.registered_commands)
 
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_every_command_is_registered() -> None:
@@ -28,8 +19,8 @@ def test_every_command_is_registered() -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help(command: str, capsys) -> None:
-    code, out, _ = run([command, "--help"], capsys)
+def test_help(command: str, cli) -> None:
+    code, out, _ = cli([command, "--help"])
     assert code == 0 and "Usage" in out and f"autotune {command}" in out.replace("\n", " ")
 
 
@@ -37,9 +28,9 @@ BASE = ["estimate", "--model", "llama3-8b", "--gpu", "h100-sxm", "--gpus", "8", 
         "--global-batch", "512"]
 
 
-def test_estimate_json_keys_and_arithmetic(capsys) -> None:
-    code, out, err = run(BASE + ["--tp", "2", "--pp", "2", "--zero", "1", "--micro-batch", "2", "--tokens", "1e12",
-                                 "--json"], capsys)
+def test_estimate_json_keys_and_arithmetic(cli) -> None:
+    code, out, err = cli(BASE + ["--tp", "2", "--pp", "2", "--zero", "1", "--micro-batch", "2", "--tokens", "1e12",
+                                 "--json"])
     assert code == 0, err
     d = json.loads(out)
     cfg = d["config"]
@@ -60,9 +51,9 @@ def test_estimate_json_keys_and_arithmetic(capsys) -> None:
     assert 0 < d["mfu"] <= d["hfu"] < 1
 
 
-def test_not_fitting_is_a_valid_answer(capsys) -> None:
-    code, out, _ = run(["estimate", "--model", "llama3-70b", "--gpu", "a100-40gb", "--gpus", "8", "--seq-len",
-                        "4096", "--global-batch", "64", "--json"], capsys)
+def test_not_fitting_is_a_valid_answer(cli) -> None:
+    code, out, _ = cli(["estimate", "--model", "llama3-70b", "--gpu", "a100-40gb", "--gpus", "8", "--seq-len",
+                        "4096", "--global-batch", "64", "--json"])
     assert code == 0 and json.loads(out)["fits"] is False
 
 
@@ -75,26 +66,25 @@ def test_not_fitting_is_a_valid_answer(capsys) -> None:
     (["--gpu", "h100"], "error: cluster.gpu: unknown GPU 'h100' (allowed: a100-40gb"),
     (["--bogus"], "error: No such option: --bogus"),
 ])
-def test_bad_input_one_line_exit_2(extra, message, capsys) -> None:
-    code, out, err = run(BASE + extra, capsys)
+def test_bad_input_one_line_exit_2(extra, message, cli) -> None:
+    code, out, err = cli(BASE + extra)
     assert code == 2 and err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_bad_model_file_and_missing_field(tmp_path, capsys) -> None:
+def test_bad_model_file_and_missing_field(tmp_path, cli) -> None:
     bad = tmp_path / "config.json"
     bad.write_text("{not json")
-    code, _, err = run(["estimate", "--model", str(bad), "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "8",
-                        "--global-batch", "8"], capsys)
+    code, _, err = cli(["estimate", "--model", str(bad), "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "8",
+                        "--global-batch", "8"])
     assert code == 2 and err.startswith("error: model:") and "not valid JSON" in err
-    code, _, err = run(["estimate", "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "8", "--global-batch", "8"],
-                       capsys)
+    code, _, err = cli(["estimate", "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "8", "--global-batch", "8"])
     assert code == 2 and err == "error: model: required field is missing\n"
 
 
-def test_read_commands_on_missing_db_write_nothing(tmp_path, capsys) -> None:
+def test_read_commands_on_missing_db_write_nothing(tmp_path, cli) -> None:
     db = tmp_path / "none.db"
     for args in (["studies"], ["best", "x"], ["trials", "x"]):
-        code, _, err = run(args + ["--storage", f"sqlite:///{db}"], capsys)
+        code, _, err = cli(args + ["--storage", f"sqlite:///{db}"])
         assert code == 2 and "does not exist" in err
     assert not db.exists()
 
