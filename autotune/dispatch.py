@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from autotune.errors import AutotuneError
 from workers.evaluator import EvalTask, TrialResult
 
-__all__ = ["RayPool"]
+__all__ = ["RayPool", "MeasurePool"]
 
 
 def _short(e: BaseException) -> str:
@@ -74,6 +74,49 @@ class RayPool:
             status, reason = "error", _short(e.cause if e.cause is not None else e)
         wall = time.monotonic() - start
         return [TrialResult(status=status, fidelity=self.evaluator, reason=reason, wall_s=wall) for _ in chunk]
+
+    def close(self) -> None:
+        """Shut Ray down if this pool started it."""
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+class MeasurePool:
+    """Runs measured trials from the driver process, ``workers`` at a time, with per-step callbacks.
+
+    Each trial is :func:`workers.measure.measure_trial` — its own Ray placement group and rank actors —
+    called in a driver thread so that every timed step can be reported to the pruner as it happens.
+    """
+
+    def __init__(self, workers: int, address: str | None = None):
+        import ray
+
+        self._ray = ray
+        self.workers = workers
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            address = address or os.environ.get("RAY_ADDRESS")
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=True, logging_level="ERROR")
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise AutotuneError(f"ray-address: cannot join Ray at {address!r}: {_short(e)}") from e
+
+    def run(self, tasks: Sequence[EvalTask],
+            on_step: Callable[[EvalTask], Callable[[int, float], bool]] | None = None) -> list[TrialResult]:
+        """Measure ``tasks`` (order kept); ``on_step(task)`` gives each trial's step callback."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from workers.measure import measure_trial
+
+        def one(task: EvalTask) -> TrialResult:
+            try:
+                return measure_trial(task, on_step(task) if on_step else None)
+            except Exception as e:  # a driver-side failure of one trial must not end the study
+                return TrialResult(status="error", fidelity="measure", reason=_short(e))
+
+        with ThreadPoolExecutor(max_workers=self.workers) as ex:
+            return list(ex.map(one, tasks))
 
     def close(self) -> None:
         """Shut Ray down if this pool started it."""
