@@ -12,9 +12,17 @@ Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history
 which over an RDB costs tens of milliseconds per parameter); every trial is mirrored into the study
 in the database — created RUNNING when asked, completed with params and attributes when done —
 so the DB is the record (dashboard, resume, other drivers) and the sampler stays fast; outcomes are
-written a batch per transaction (:mod:`autotune.mirror`). On open, the
-DB's finished trials seed the in-memory study, and trials a dead driver left RUNNING are failed by
-heartbeat and re-queued (Optuna's RetryHeartbeatStaleTrialCallback), then claimed here.
+written a batch per transaction (:mod:`autotune.mirror`), each trial's outcome and evaluation row in
+the same transaction. On open, the DB's finished trials seed the in-memory study.
+
+Budget and several drivers: ``n_trials`` counts the study's trials in the DB, whichever driver ran
+them. Trials are taken through :func:`autotune.budget.reserve`, which locks the study and never goes
+past the budget, so any number of drivers on one study stop at exactly ``n_trials`` trials. When the
+budget is taken, a driver waits for the trials still RUNNING: another driver's finish; a dead
+driver's (heartbeat older than GRACE_S) are failed and re-queued (Optuna's
+RetryHeartbeatStaleTrialCallback) and claimed as new evaluations (a heartbeat-failed trial is not a
+study trial). A driver returns when every study trial has finished, so ``resume`` right after a
+crash retries the dead driver's trials and reaches the budget.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any
 import optuna
 
 from autotune import __version__
+from autotune.budget import Slot, reserve, usage
 from autotune.config import ParallelConfig, derive
 from autotune.costmodel import estimate
 from autotune.costmodel.estimate import COST_MODEL_VERSION
@@ -100,7 +109,7 @@ class _Asked:
     number: int
     """The DB trial number (the one users see)."""
     claimed: bool
-    """Re-queued trial claimed from WAITING (its DB row already has params)."""
+    """Re-queued trial claimed from WAITING whose DB row already has params."""
 
 
 @dataclass
@@ -110,6 +119,13 @@ class _Pending:
     cfg: ParallelConfig
     cluster: ClusterSpec
     key: str
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail (and re-queue) trials whose heartbeat is older than the grace period."""
+    with warnings.catch_warnings():  # Optuna marks heartbeat helpers experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def reason_kind(reason: str) -> str:
@@ -136,7 +152,6 @@ class Driver:
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self._seen: set[int] = set()
-        self._waiting: list[optuna.trial.FrozenTrial] = []
         self._mem: optuna.Study
 
     # study lifecycle -----------------------------------------------------------------------------
@@ -147,14 +162,12 @@ class Driver:
         recorder = optuna.samplers.RandomSampler()
         if create:
             study = optuna.create_study(study_name=self.spec.name, storage=ostore, directions=directions,
-                                        sampler=recorder)
+                                        sampler=recorder, load_if_exists=True)  # a concurrent driver may win
             self.storage.add_study(self.spec.name, self.spec.model_dump(mode="json"), __version__,
                                    COST_MODEL_VERSION)
         else:
             study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=recorder)
-            with warnings.catch_warnings():  # Optuna marks heartbeat helpers experimental
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            _fail_stale(study)
         self._mem = optuna.create_study(directions=directions, sampler=self._sampler)
         self._sync(study)
         return study
@@ -163,36 +176,22 @@ class Driver:
         """Copy finished DB trials (other drivers', earlier runs') the sampler has not seen yet."""
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         trials = study.get_trials(deepcopy=False)
-        self._waiting = [t for t in trials if t.state == TrialState.WAITING]
         new = [t for t in trials if t.state in finished and t.number not in self._seen]
         for t in new:
             self._seen.add(t.number)
         if new:
             self._mem.add_trials(new)
 
-    def _ask(self, study: optuna.Study, progress: Progress) -> tuple[_Asked, dict[str, Any]]:
-        """Ask the sampler (claiming a re-queued DB trial first), mirror the trial into the DB."""
-        ostore = self.storage.optuna()
+    def _ask(self, slot: Slot, progress: Progress) -> tuple[_Asked, dict[str, Any]]:
+        """Ask the sampler for a reserved DB trial (a claimed one with params replays them)."""
         t0 = time.perf_counter()
-        claimed = None
-        while self._waiting and claimed is None:
-            t = self._waiting.pop(0)
-            if ostore.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-                claimed = t
-        if claimed is not None:
-            self._mem.enqueue_trial(claimed.params, skip_if_exists=False)
+        params = self.storage.optuna().get_trial(slot.trial_id).params if slot.claimed else {}
         progress.storage_s += time.perf_counter() - t0
+        if params:
+            self._mem.enqueue_trial(params, skip_if_exists=False)
         mem = self._mem.ask()
-        params = self._propose(mem)
-        t0 = time.perf_counter()
-        if claimed is not None:
-            asked = _Asked(mem=mem, db_id=claimed._trial_id, number=claimed.number, claimed=True)
-        else:
-            trial_id = ostore.create_new_trial(study._study_id)
-            asked = _Asked(mem=mem, db_id=trial_id, number=ostore.get_trial_number_from_id(trial_id), claimed=False)
-        self._seen.add(asked.number)
-        progress.storage_s += time.perf_counter() - t0
-        return asked, params
+        self._seen.add(slot.number)
+        return _Asked(mem=mem, db_id=slot.trial_id, number=slot.number, claimed=bool(params)), self._propose(mem)
 
     # one trial -----------------------------------------------------------------------------------
     def _cluster(self, nodes: int) -> ClusterSpec:
@@ -329,7 +328,8 @@ class Driver:
                         self._mem.enqueue_trial(params, skip_if_exists=False)
                     del grid[:k]
                 self._sync(study)
-                self._step(study, pool, k, progress)
+                if not self._step(study, pool, k, progress) and not self._await_slots(study, progress, start):
+                    break
                 if on_progress:
                     on_progress(progress)
         finally:
@@ -337,12 +337,28 @@ class Driver:
             pool.close()
         return progress
 
-    def _step(self, study: optuna.Study, pool: Any, k: int, progress: Progress) -> None:
+    def _await_slots(self, study: optuna.Study, progress: Progress, start: float) -> bool:
+        """The budget is taken: poll until a slot frees (True) or every study trial has finished (False)."""
+        ostore, deadline = self.storage.optuna(), self.options.timeout_s
+        while deadline is None or time.monotonic() - start <= deadline:
+            _fail_stale(study)
+            taken, running = usage(ostore, study._study_id)
+            progress.done = taken - running
+            if taken < self.options.n_trials or not running:
+                return taken < self.options.n_trials
+            time.sleep(HEARTBEAT_S)
+        return False
+
+    def _step(self, study: optuna.Study, pool: Any, k: int, progress: Progress) -> int:
+        """Reserve, screen, evaluate and record up to ``k`` trials; return how many were reserved."""
+        t0 = time.perf_counter()
+        slots = reserve(self.storage.optuna(), study._study_id, self.options.n_trials, k)
+        progress.storage_s += time.perf_counter() - t0
         asked: dict[int, _Asked] = {}
         done: list[EvaluationRecord] = []
         pending: list[_Pending] = []
-        for _ in range(k):
-            trial, params = self._ask(study, progress)
+        for slot in slots:
+            trial, params = self._ask(slot, progress)
             asked[trial.number] = trial
             with self._lock:
                 self._in_flight.add(trial.db_id)
@@ -368,13 +384,18 @@ class Driver:
                                      key=p.key))
         finished = [self._tell(asked[rec.trial], rec) for rec in done]
         t0 = time.perf_counter()
-        self.storage.add_evaluations(done)
-        record_finished(self.storage.optuna(), finished)
+
+        def rows(session: Any, written: set[int]) -> None:
+            self.storage.add_evaluations([r for r in done if asked[r.trial].db_id in written], session=session)
+
+        written = record_finished(self.storage.optuna(), finished, rows)
         progress.storage_s += time.perf_counter() - t0
         with self._lock:
             self._in_flight.difference_update(t.db_id for t in asked.values())
         for rec in done:
-            self._count(progress, rec)
+            if asked[rec.trial].db_id in written:
+                self._count(progress, rec)
+        return len(slots)
 
     def _count(self, progress: Progress, rec: EvaluationRecord) -> None:
         progress.done += 1

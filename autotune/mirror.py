@@ -5,20 +5,25 @@ templated trial is checked against earlier trials with extra queries (~30 ms a t
 driver's trials are all drawn from one fixed space, so the checks add nothing; this module writes
 params, values, user and system attributes and the final state of a whole batch with Optuna's own
 ORM models (``optuna.storages._rdb.models``, the schema of the installed Optuna) in one commit.
-Trials are still created RUNNING through the public API when asked, so heartbeats and stale-trial
-retry keep working.
+Trials are created RUNNING with a heartbeat when asked (:mod:`autotune.budget`), so stale-trial retry
+keeps working. A trial is written only while it is still RUNNING: the conditional state update comes
+first (SQLite's write lock, PostgreSQL's row lock), so a trial another driver failed as stale meanwhile
+is skipped, never overwritten, and the caller's evaluation rows are written in the same transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._rdb import models
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 __all__ = ["FinishedTrial", "record_finished"]
 
@@ -38,17 +43,26 @@ class FinishedTrial:
     """False when the row already has its params (a re-queued trial claimed from WAITING)."""
 
 
-def record_finished(storage: optuna.storages.RDBStorage, trials: list[FinishedTrial]) -> None:
-    """Write the outcome of ``trials`` in one transaction."""
+def record_finished(storage: optuna.storages.RDBStorage, trials: list[FinishedTrial],
+                    also: Callable[[Session, set[int]], None] | None = None) -> set[int]:
+    """Write the outcome of ``trials`` in one transaction; return the ids written (those still RUNNING).
+
+    ``also(session, written_ids)`` adds more rows (the evaluation rows) to the same transaction.
+    """
     if not trials:
-        return
+        return set()
     session = storage.scoped_session()
+    written: set[int] = set()
     try:
         now = dt.datetime.now()
         for t in trials:
-            row = session.get(models.TrialModel, t.trial_id)
-            if row is None or row.state != optuna.trial.TrialState.RUNNING:
+            running = models.TrialModel.state == optuna.trial.TrialState.RUNNING
+            res = session.execute(update(models.TrialModel).where(models.TrialModel.trial_id == t.trial_id, running)
+                                  .values(state=t.state))
+            if res.rowcount != 1:
                 continue
+            written.add(t.trial_id)
+            row = session.get(models.TrialModel, t.trial_id)
             if t.write_params:
                 session.add_all(models.TrialParamModel(
                     trial_id=t.trial_id, param_name=name, param_value=t.distributions[name].to_internal_repr(v),
@@ -61,9 +75,11 @@ def record_finished(storage: optuna.storages.RDBStorage, trials: list[FinishedTr
                             for k, v in t.user_attrs.items())
             session.add_all(models.TrialSystemAttributeModel(trial_id=t.trial_id, key=k, value_json=json.dumps(v))
                             for k, v in t.system_attrs.items())
-            row.state = t.state
             row.datetime_complete = now
+        if also is not None:
+            also(session, written)
         session.commit()
+        return written
     except Exception:
         session.rollback()
         raise

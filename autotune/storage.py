@@ -12,10 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from sqlalchemy import (
@@ -32,7 +35,14 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from autotune.errors import StorageError
@@ -124,6 +134,22 @@ def mask_url(url: str) -> str:
         return "<unparseable storage URL>"
 
 
+_T = TypeVar("_T")
+_RACE_WORDS = ("already exists", "unique", "duplicate", "locked")
+
+
+def _racing(create: Callable[[], _T], attempts: int = 6) -> _T:
+    """``create()`` (tables on a DB's first use), retried while concurrent drivers race to create them."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except (OperationalError, IntegrityError, ProgrammingError) as e:
+            if attempt == attempts - 1 or not any(w in str(e).lower() for w in _RACE_WORDS):
+                raise
+            time.sleep(0.1 * (attempt + 1) + 0.2 * random.random())
+    raise AssertionError("unreachable")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -138,6 +164,14 @@ def _row(e: _Evaluation) -> EvaluationRecord:
         metrics=json.loads(e.metrics_json), status=e.status, reason=e.reason, reason_kind=e.reason_kind,
         value=e.value, wall_s=e.wall_s, host=e.host, cache_key=e.cache_key, cached=e.cached,
     )
+
+
+def _evaluation(r: EvaluationRecord) -> _Evaluation:
+    return _Evaluation(
+        study=r.study, trial=r.trial, fidelity=r.fidelity, cache_key=r.cache_key,
+        layout_json=json.dumps(r.layout, sort_keys=True), metrics_json=json.dumps(r.metrics),
+        status=r.status, reason=r.reason, reason_kind=r.reason_kind, value=r.value, wall_s=r.wall_s,
+        host=r.host, cached=r.cached)
 
 
 class Storage:
@@ -173,23 +207,32 @@ class Storage:
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
+    def _create_schema(self, create: bool) -> None:
+        tables = set(inspect(self.engine).get_table_names())
+        if _Schema.__tablename__ not in tables:
+            if not create:
+                raise StorageError(f"storage: {self.display_url} holds no autotune studies")
+            _Base.metadata.create_all(self.engine)
+            with Session(self.engine) as s, s.begin():
+                if s.get(_Schema, 1) is None:
+                    s.add(_Schema(id=1, version=SCHEMA_VERSION))
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the URL's password, if any, replaced by ***."""
+        password = _parse(self.url).password
+        return text.replace(str(password), "***") if password else text
+
     def _init_schema(self, create: bool) -> None:
         try:
-            tables = set(inspect(self.engine).get_table_names())
-            if _Schema.__tablename__ not in tables:
-                if not create:
-                    raise StorageError(f"storage: {self.display_url} holds no autotune studies")
-                _Base.metadata.create_all(self.engine)
-                with Session(self.engine) as s, s.begin():
-                    if s.get(_Schema, 1) is None:
-                        s.add(_Schema(id=1, version=SCHEMA_VERSION))
+            _racing(lambda: self._create_schema(create))
             with Session(self.engine) as s:
                 row = s.get(_Schema, 1)
             if row is not None and row.version != SCHEMA_VERSION:
                 raise StorageError(f"storage: schema version {row.version} in {self.display_url}, "
                                    f"this autotune reads version {SCHEMA_VERSION}")
         except OperationalError as e:
-            raise StorageError(f"storage: cannot open {self.display_url}: {str(e.orig).strip()}") from e
+            raise StorageError(f"storage: cannot open {self.display_url}: "
+                               f"{self._scrub(' '.join(str(e.orig).split()))}") from e
         except SQLAlchemyError as e:
             raise StorageError(f"storage: {self.display_url}: {type(e).__name__}") from e
 
@@ -199,10 +242,10 @@ class Storage:
             kwargs = {"connect_args": {"timeout": 30}} if self.is_sqlite else {"pool_pre_ping": True}
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what resume needs
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._optuna = optuna.storages.RDBStorage(
+                self._optuna = _racing(lambda: optuna.storages.RDBStorage(
                     self.url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-                )
+                ))
             if self.is_sqlite:
                 event.listen(self._optuna.engine, "connect", _sqlite_pragmas)
                 self._optuna.engine.dispose()
@@ -210,10 +253,14 @@ class Storage:
 
     # studies -------------------------------------------------------------------------------------
     def add_study(self, name: str, spec: dict[str, Any], autotune_version: str, cost_model_version: str) -> None:
-        """Record a submitted study (its spec as given)."""
-        with Session(self.engine) as s, s.begin():
-            s.add(_Study(name=name, spec_json=json.dumps(spec, sort_keys=True),
-                         autotune_version=autotune_version, cost_model_version=cost_model_version))
+        """Record a submitted study (its spec as given); a no-op if a concurrent driver recorded it first."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.add(_Study(name=name, spec_json=json.dumps(spec, sort_keys=True),
+                             autotune_version=autotune_version, cost_model_version=cost_model_version))
+        except IntegrityError:
+            if self.study_spec(name) is None:
+                raise
 
     def study_spec(self, name: str) -> dict[str, Any] | None:
         """The spec a study was submitted with, or None if there is no such study."""
@@ -234,16 +281,15 @@ class Storage:
                      "spec": json.loads(r.spec_json)} for r in rows]
 
     # evaluations ---------------------------------------------------------------------------------
-    def add_evaluations(self, records: list[EvaluationRecord]) -> None:
-        """Write evaluation rows in one transaction."""
+    def add_evaluations(self, records: list[EvaluationRecord], session: Session | None = None) -> None:
+        """Write evaluation rows in one transaction, or add them to ``session``'s open transaction."""
         if not records:
             return
+        if session is not None:
+            session.add_all(_evaluation(r) for r in records)
+            return
         with Session(self.engine) as s, s.begin():
-            s.add_all(_Evaluation(
-                study=r.study, trial=r.trial, fidelity=r.fidelity, cache_key=r.cache_key,
-                layout_json=json.dumps(r.layout, sort_keys=True), metrics_json=json.dumps(r.metrics),
-                status=r.status, reason=r.reason, reason_kind=r.reason_kind, value=r.value, wall_s=r.wall_s,
-                host=r.host, cached=r.cached) for r in records)
+            s.add_all(_evaluation(r) for r in records)
 
     def cached(self, keys: list[str]) -> dict[str, EvaluationRecord]:
         """Earlier evaluations (any study) with these cache keys, not themselves cache hits."""
