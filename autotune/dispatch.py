@@ -46,8 +46,14 @@ class RayPool:
 
         self._remote = ray.remote(max_retries=0)(evaluate_batch)
 
-    def run(self, tasks: Sequence[EvalTask]) -> list[TrialResult]:
-        """Evaluate ``tasks`` (order kept); never raises for a worker-side failure."""
+    def run(self, tasks: Sequence[EvalTask],
+            on_step: Callable[[EvalTask], Callable[[int, float], bool]] | None = None) -> list[TrialResult]:
+        """Evaluate ``tasks`` (order kept); never raises for a worker-side failure.
+
+        ``on_step`` is accepted for the pools' common signature; a batched Ray task reports only at its
+        end, so per-step pruning needs :class:`MeasurePool`.
+        """
+        del on_step
         if not tasks:
             return []
         per_task = math.ceil(len(tasks) / self.workers) if self.evaluator == "analytic" else 1

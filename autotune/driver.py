@@ -5,8 +5,10 @@ framework capability table (unsupported -> PRUNED) -> analytic memory screen (ov
 COMPLETE with the estimate and a positive constraint, so constrained samplers learn; never
 dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity and cost-model
 version -> reuse) -> Ray worker -> :class:`TrialResult` -> tell + one evaluation row. The driver is the
-only DB writer. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported -> PRUNED;
-crash/timeout/nan/error -> FAIL.
+only DB writer. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported/pruned -> PRUNED;
+crash/timeout/nan/error -> FAIL. Measured trials report each timed step's throughput to a
+MedianPruner (3 startup trials, 1 warm-up step), which stops a layout clearly slower than the median
+of earlier trials at the same step.
 
 Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history on every suggest,
 which over an RDB costs tens of milliseconds per parameter); every trial is mirrored into the study
@@ -62,7 +64,7 @@ TrialState = optuna.trial.TrialState
 STATE_OF: dict[str, TrialState] = {
     "ok": TrialState.COMPLETE, "oom": TrialState.PRUNED, "infeasible": TrialState.PRUNED,
     "unsupported": TrialState.PRUNED, "crash": TrialState.FAIL, "timeout": TrialState.FAIL,
-    "nan": TrialState.FAIL, "error": TrialState.FAIL,
+    "nan": TrialState.FAIL, "error": TrialState.FAIL, "pruned": TrialState.PRUNED,
 }
 _DERIVE_KEYS = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute", "recompute_layers",
                 "sequence_parallel", "pp_schedule", "tp_comm_overlap", "overlap_grad_reduce",
@@ -168,7 +170,8 @@ class Driver:
         else:
             study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=recorder)
             _fail_stale(study)
-        self._mem = optuna.create_study(directions=directions, sampler=self._sampler)
+        pruner = None if self.objective.multi else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        self._mem = optuna.create_study(directions=directions, sampler=self._sampler, pruner=pruner)
         self._sync(study)
         return study
 
@@ -306,7 +309,7 @@ class Driver:
 
     def run(self, study: optuna.Study, on_progress: Callable[[Progress], None] | None = None) -> Progress:
         """Run until the budget, the timeout or (grid) the space is exhausted."""
-        from autotune.dispatch import RayPool
+        from autotune.dispatch import MeasurePool, RayPool
 
         opts = self.options
         start = time.monotonic()
@@ -314,7 +317,10 @@ class Driver:
         grid = self._grid_queue(study) if opts.sampler == "grid" else None
         if grid is not None:
             progress.total = min(opts.n_trials, progress.done + len(grid))
-        pool = RayPool(self.fidelity, opts.workers, opts.ray_address, opts.task_timeout_s)
+        if self.fidelity == "measure":
+            pool: Any = MeasurePool(opts.workers, opts.ray_address)
+        else:
+            pool = RayPool(self.fidelity, opts.workers, opts.ray_address, opts.task_timeout_s)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(study, stop), daemon=True)
         beat.start()
@@ -377,11 +383,16 @@ class Driver:
                           gpus_per_node=p.cluster.gpus_per_node, config=p.cfg, trial=p.trial.number,
                           options=self.options.evaluator_options
                           | {"price_per_gpu_hour": p.cluster.price_per_gpu_hour}) for p in todo]
-        for p, res in zip(todo, pool.run(tasks), strict=True):
+        for p, res in zip(todo, pool.run(tasks, self._step_hook(asked)), strict=True):
             metrics = dict(res.metrics) | ({"gpus": p.cluster.gpus} if res.metrics else {})
-            done.append(self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, res.status, metrics,
-                                     reason=res.reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
-                                     key=p.key))
+            status, reason = res.status, res.reason
+            if status == "ok" and metrics.get("pruned"):
+                steps = len(metrics.get("step_times_s", []))
+                status, reason = "pruned", (f"pruned after {steps} timed step(s): tokens/s below the median of "
+                                            "earlier trials at that step (MedianPruner)")
+            done.append(self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, status, metrics,
+                                     reason=reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
+                                     key=None if status == "pruned" else p.key))
         finished = [self._tell(asked[rec.trial], rec) for rec in done]
         t0 = time.perf_counter()
 
@@ -396,6 +407,23 @@ class Driver:
             if asked[rec.trial].db_id in written:
                 self._count(progress, rec)
         return len(slots)
+
+    def _step_hook(self, asked: dict[int, _Asked]) -> Callable[[EvalTask], Callable[[int, float], bool]] | None:
+        """Per-step reports of measured trials to the pruner (single-objective studies only)."""
+        if self.objective.multi:
+            return None
+        tokens = self.problem.training.global_batch * self.problem.training.seq_len
+
+        def hook(task: EvalTask) -> Callable[[int, float], bool]:
+            trial = asked[task.trial].mem
+
+            def on_step(step: int, seconds: float) -> bool:
+                trial.report(tokens / seconds if self.objective.keys[0] == "tokens_per_s" else seconds, step)
+                return trial.should_prune()
+
+            return on_step
+
+        return hook
 
     def _count(self, progress: Progress, rec: EvaluationRecord) -> None:
         progress.done += 1

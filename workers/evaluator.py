@@ -16,9 +16,10 @@ from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 
 __all__ = ["Status", "STATUSES", "EvalTask", "TrialResult", "Evaluator"]
 
-Status = Literal["ok", "oom", "infeasible", "timeout", "crash", "nan", "unsupported", "error"]
-#: Every outcome a trial can have. ``ok`` is the only success.
-STATUSES: tuple[str, ...] = ("ok", "oom", "infeasible", "timeout", "crash", "nan", "unsupported", "error")
+Status = Literal["ok", "oom", "infeasible", "timeout", "crash", "nan", "unsupported", "error", "pruned"]
+#: Every outcome a trial can have. ``ok`` is the only success; ``pruned`` is a measured trial the
+#: driver's pruner stopped early because it was clearly slower than earlier ones.
+STATUSES: tuple[str, ...] = ("ok", "oom", "infeasible", "timeout", "crash", "nan", "unsupported", "error", "pruned")
 
 
 @dataclass(frozen=True, kw_only=True)
