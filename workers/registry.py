@@ -13,6 +13,7 @@ __all__ = ["EVALUATORS", "get_evaluator", "evaluate_batch"]
 EVALUATORS: dict[str, str] = {
     "analytic": "workers.analytic:AnalyticEvaluator",
     "measure": "workers.measure:MeasureEvaluator",
+    "faults": "workers.faults:FaultsEvaluator",  # fault injection for tests; not a spec choice
 }
 
 
