@@ -3,11 +3,11 @@
 One trial = one placement group of ``world`` bundles (STRICT_PACK when one node can hold them all,
 else PACK) with one :class:`~workers.measure_rank.RankWorker` actor per rank. Rank 0's actor picks a
 free port; every actor joins the process group (nccl on CUDA, gloo otherwise), builds the model and the
-layout, runs ``warmup_steps`` untimed steps under the memory tracker and then ``steps`` timed steps,
-one Ray call per step, each under a deadline of ``step_timeout_s``.
+layout, runs ``warmup_steps`` untimed steps, one untimed step under the memory tracker and then
+``steps`` timed steps, one Ray call per step, each under a deadline of ``step_timeout_s``.
 
-Options (``task.options``; defaults set here): ``warmup_steps`` 1 (at least one step is always
-untimed: it allocates optimizer states and runs lazy initialisation), ``steps`` 3, ``step_timeout_s``
+Options (``task.options``; defaults set here): ``warmup_steps`` 1 (at least 1: the first step
+allocates optimizer states and runs lazy initialisation), ``steps`` 3, ``step_timeout_s``
 120 (also bounds every collective), ``setup_timeout_s`` 180 (actor start, process group, model
 build), ``placement_timeout_s`` 60, ``cpus_per_rank`` 0.25 (a scheduling token: 4 CPU ranks plus the
 Ray task that runs the evaluator fit a 2-CPU machine), ``seed`` 0; ``fault`` / ``fault_rank`` inject
@@ -140,7 +140,7 @@ def _run(task: EvalTask, on_step: OnStep | None, actors: list[Any], pg: Any) -> 
     end = _gather([actors[0].endpoint.remote()], setup_timeout, "rendezvous")[0]
     setup = _gather([a.setup.remote(r, end["addr"], end["port"], task, step_timeout) for r, a in enumerate(actors)],
                     setup_timeout, "set-up")
-    warm = _gather([a.warmup.remote(warmup) for a in actors], step_timeout * warmup, "warm-up")
+    warm = _gather([a.warmup.remote(warmup) for a in actors], step_timeout * (warmup + 1), "warm-up")
     metrics: dict[str, Any] = {"world": cfg.world, "device": setup[0]["device"]}
     metrics |= _memory_metrics(task, [w["memory"] for w in warm])
     if not math.isfinite(warm[0]["loss"]):
@@ -166,7 +166,18 @@ def _run(task: EvalTask, on_step: OnStep | None, actors: list[Any], pg: Any) -> 
     metrics |= {"step_time_s": step_s, "step_times_s": times, "tokens_per_s": training.global_batch
                 * training.seq_len / step_s, "loss": loss, "pruned": pruned, "mfu": _mfu(task, step_s)}
     metrics["fits"] = metrics["memory_gib"]["total"] <= metrics["capacity_gib"]
-    return metrics
+    return metrics | _training_time(task, step_s)
+
+
+def _training_time(task: EvalTask, step_s: float) -> dict[str, float]:
+    """Whole-run figures at the measured step time (as the analytic estimate reports them)."""
+    steps = task.training.total_steps()
+    if steps is None:
+        return {}
+    out = {"training_steps": float(steps), "training_days": steps * step_s / 86400.0,
+           "gpu_hours": steps * step_s / 3600.0 * task.config.world}
+    price = task.options.get("price_per_gpu_hour")
+    return out | ({"cost": out["gpu_hours"] * price} if price is not None else {})
 
 
 def measure_trial(task: EvalTask, on_step: OnStep | None = None) -> TrialResult:

@@ -6,11 +6,13 @@ so the orchestrator can enforce a per-step deadline, stop early (pruning) and se
 Every method returns a plain dict with a ``status`` (``ok`` or a typed failure with its ``reason``);
 anything else that goes wrong raises and reaches the orchestrator as a Ray task error.
 
-Peak memory per rank: the warm-up steps run under torch's
+Peak memory per rank: after the warm-up steps (which allocate optimizer states and run lazy
+initialisation, e.g. the pipeline schedule's shape inference, whose ``autograd.grad`` on leaf inputs
+the tracker's module hooks cannot follow), one more untimed step runs under torch's
 :class:`~torch.distributed._tools.mem_tracker.MemTracker` (a TorchDispatchMode that follows every live
 tensor storage and splits the peak into parameters, buffers, gradients, activations, optimizer states
-and temporaries), so CPU ranks get the same breakdown as GPU ranks; on CUDA the peak total is
-``torch.cuda.max_memory_allocated`` over warm-up and timed steps. Timed steps run without the tracker.
+and temporaries), so CPU ranks get the same steady-state breakdown as GPU ranks; on CUDA the peak total
+is ``torch.cuda.max_memory_allocated`` over that step and the timed steps. Timed steps run untracked.
 Torch is imported inside the methods, in the actor process.
 
 Fault injection (tests only, ``task.options``): ``fault`` = ``crash`` (``os._exit(1)``), ``hang`` (sleep
@@ -108,29 +110,32 @@ class RankWorker:
         return loss
 
     def warmup(self, n: int) -> dict[str, Any]:
-        """Run ``n`` (≥ 1) untimed steps under the memory tracker; return the loss and peak bytes."""
+        """Run ``n`` untimed warm-up steps, then one untimed step under the memory tracker; return the
+        loss and this rank's peak bytes by kind."""
         import torch
         from torch.distributed._tools.mem_tracker import MemTracker
 
         cuda = self.par.device.type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        tracker = _tracker_class(MemTracker)()
-        tracker.track_external(*self.par.parts, self.optimizer)
-        loss = math.nan
         try:
+            for _ in range(n):
+                loss = self._one_step()
+                if not math.isfinite(loss):
+                    return {"status": "ok", "loss": loss, "memory": dict.fromkeys(MEMORY_KEYS, 0)}
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            tracker = _tracker_class(MemTracker)()
+            tracker.track_external(*self.par.parts, self.optimizer)
             with tracker:
-                for _ in range(max(1, n)):
-                    loss = self._one_step()
-                    if not math.isfinite(loss):
-                        break
+                loss = self._one_step()
         except torch.cuda.OutOfMemoryError as e:
             return _oom(e)
-        peak = {k: 0 for k in MEMORY_KEYS}
+        peak = dict.fromkeys(MEMORY_KEYS, 0)
         for kind, nbytes in tracker.get_tracker_snapshot("peak").get(self.par.device, {}).items():
             peak[_TRACKER_KEYS.get(str(getattr(kind, "value", kind)), "other")] += int(nbytes)
-        if cuda:
+        if cuda:  # the allocator's peak also holds workspaces and cache the tracker does not see
             peak["total"] = max(peak["total"], torch.cuda.max_memory_allocated())
+            named = sum(peak[k] for k in ("weights", "gradients", "optimizer", "activations"))
+            peak["other"] = max(peak["other"], peak["total"] - named)
         return {"status": "ok", "loss": loss, "memory": peak}
 
     def step(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def no_orphans(ray_local):
     assert _rank_processes() == []
 
 
-def test_tp_dp_world4_reports_step_time_memory_and_loss() -> None:
+def test_pp_dp_world4_reports_step_time_memory_and_loss() -> None:
     seen: list[tuple[int, float]] = []
     alive: list[int] = []
 
@@ -66,7 +66,7 @@ def test_tp_dp_world4_reports_step_time_memory_and_loss() -> None:
         alive.append(len(_rank_processes()))
         return False
 
-    res = measure_trial(_task(4, tp=2), on_step=on_step)
+    res = measure_trial(_task(4, pp=2), on_step=on_step)
     assert res.status == "ok", res.reason
     m = res.metrics
     assert m["world"] == 4 and m["device"] == "cpu" and m["pruned"] is False
