@@ -22,7 +22,7 @@ def make_sampler(name: str, seed: int | None, multi_objective: bool) -> optuna.s
     builders: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                                   n_startup_trials=10),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),

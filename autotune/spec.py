@@ -231,7 +231,7 @@ class SearchSpec(_Frozen):
     top_k: PosInt = Field(5, description="Layouts promoted to each higher fidelity.")
     workers: PosInt = Field(2, description="Parallel Ray evaluations.")
     timeout_s: PosFloat | None = Field(None, description="Wall-clock budget for the study.")
-    seed: int | None = Field(None, description="Sampler seed.")
+    seed: Annotated[int, Field(ge=0, lt=2**32)] | None = Field(None, description="Sampler seed (0 <= seed < 2**32).")
 
     @model_validator(mode="after")
     def _fidelity_order(self) -> SearchSpec:

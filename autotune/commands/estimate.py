@@ -32,9 +32,13 @@ def _put(d: dict[str, Any], path: str, value: Any) -> None:
 def spec_with_overrides(spec: Path | None, overrides: dict[str, Any], name: str = "estimate") -> dict[str, Any]:
     """Spec file contents (or an empty spec) with the non-None ``overrides`` (dotted paths) applied."""
     data = read_mapping(spec) if spec else {"name": name}
+    if not isinstance(data.get("cluster", {}), dict):
+        raise SpecError(f"cluster: must be a mapping (gpu, gpus_per_node, nodes), got {data['cluster']!r}")
     gpus = overrides.pop("gpus", None)
     gpn = overrides.get("cluster.gpus_per_node") or data.get("cluster", {}).get("gpus_per_node", 8)
     if gpus is not None:
+        if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
+            raise SpecError(f"cluster.gpus_per_node: must be a positive integer (got {gpn!r})")
         if gpus < 1:
             raise SpecError(f"gpus: must be >= 1 (got {gpus})")
         if gpus <= gpn:
