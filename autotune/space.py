@@ -18,6 +18,7 @@ expands to the powers of two in it.
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -67,6 +68,14 @@ class Dimension:
     when: str | None = None
     default: Any = None
     _cond: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False, repr=False)
+    expands: tuple[str, ...] = ()
+    """For a joint dimension: the dimensions each choice (``"tp=2 pp=4 cp=1"``) sets."""
+
+    def assign(self, values: dict[str, Any], value: Any) -> None:
+        """Set this dimension's value (and, for a joint dimension, the values it stands for)."""
+        values[self.name] = value
+        if self.expands:
+            values.update((k, int(v)) for k, v in (part.split("=") for part in str(value).split()))
 
     def active(self, values: dict[str, Any]) -> bool:
         """Whether the condition holds for the values chosen so far."""
@@ -92,7 +101,7 @@ class SearchSpace:
         """Pick a point define-by-run: ``suggest(name, choices)`` is called for active dimensions only."""
         values: dict[str, Any] = dict(self.fixed)
         for dim in self.dimensions:
-            values[dim.name] = suggest(dim.name, dim.choices) if dim.active(values) else dim.default
+            dim.assign(values, suggest(dim.name, dim.choices) if dim.active(values) else dim.default)
         return values
 
     def points(self) -> Iterator[dict[str, Any]]:
@@ -109,7 +118,7 @@ class SearchSpace:
             dim = self.dimensions[i]
             options = dim.choices if dim.active(values) else (dim.default,)
             for v in options:
-                values[dim.name] = v
+                dim.assign(values, v)
                 yield from walk(i + 1, values)
 
         yield from walk(0, dict(self.fixed))
@@ -120,7 +129,9 @@ class SearchSpace:
 
         tp must divide heads and one of the GPU counts; pp must divide layers and a GPU count; cp must
         divide seq_len and a GPU count; vpp must divide layers; micro_batch must divide global_batch.
-        Combinations (tp·pp·cp versus the GPU count) are left to :func:`autotune.config.derive`.
+        Unconditional tp, pp and cp are then joined into one ``tp_pp_cp`` dimension of the products that
+        divide a GPU count, so a sampler never spends trials on meshes that cannot exist (most of the
+        raw product does not divide the GPU count, and samplers learn such constraints slowly).
         """
         def fits(n: int) -> bool:
             return any(g % n == 0 for g in gpu_counts)
@@ -145,11 +156,30 @@ class SearchSpace:
                                 f"global_batch={global_batch}, gpus={gpu_counts})")
             default = d.default if d.default in kept else kept[0]
             dims.append(Dimension(d.name, kept, d.when, default, d._cond))
-        return SearchSpace(name=self.name, framework=self.framework, dimensions=tuple(dims), fixed=dict(self.fixed))
+        return SearchSpace(name=self.name, framework=self.framework, dimensions=_join_mesh(dims, gpu_counts),
+                           fixed=dict(self.fixed))
 
     def size_upper_bound(self) -> int:
         """Product of the choice counts (ignoring conditions)."""
         return math.prod(len(d.choices) for d in self.dimensions)
+
+
+MESH = ("tp", "pp", "cp")
+
+
+def _join_mesh(dims: list[Dimension], gpu_counts: list[int]) -> tuple[Dimension, ...]:
+    """Replace unconditional tp/pp/cp dimensions by one joint dimension of the divisible products."""
+    members = [d for d in dims if d.name in MESH and d.when is None]
+    if len(members) < 2:
+        return tuple(dims)
+    combos = [" ".join(f"{d.name}={v}" for d, v in zip(members, vals, strict=True))
+              for vals in itertools.product(*(d.choices for d in members))
+              if any(g % math.prod(vals) == 0 for g in gpu_counts)]
+    joint = Dimension("_".join(d.name for d in members), tuple(combos), None, combos[0],
+                      expands=tuple(d.name for d in members))
+    first = dims.index(members[0])
+    rest = [d for d in dims if d not in members]
+    return tuple(rest[:first] + [joint] + rest[first:])
 
 
 def _choices(name: str, body: dict[str, Any], where: str) -> tuple[Any, ...]:

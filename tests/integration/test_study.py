@@ -72,8 +72,10 @@ def test_grid_finds_enumerated_optimum_and_cache_is_reused(tmp_path, ray_local, 
     best = json.loads(out)
     assert best["metrics"]["tokens_per_s"] == pytest.approx(enumerate_optimum(), rel=1e-12)
     rows = Storage(db).evaluations("grid1")
-    # every point of the space exactly once: 4 tp x 3 pp x (1 or 2 sp) x 3 mbs x 3 rc x 2 zero
-    assert len(rows) == (1 + 2 + 2 + 2) * 3 * 3 * 3 * 2
+    # every point of the space exactly once. tp x pp meshes dividing 8 GPUs: tp=1 with pp 1/2/4, tp=2 with
+    # pp 1/2/4, tp=4 with pp 1/2, tp=8 with pp 1; sequence parallel doubles the 6 with tp > 1;
+    # then 3 micro-batches x 3 recompute modes x 2 ZeRO stages.
+    assert len(rows) == (3 + 2 * 6) * 3 * 3 * 2
     assert len({json.dumps(r.layout, sort_keys=True) for r in rows}) == len(rows)
     dispatched = [r for r in rows if r.host]
     assert dispatched and all(r.status == "ok" and r.metrics["fits"] for r in dispatched)
