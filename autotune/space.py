@@ -182,11 +182,19 @@ def _join_mesh(dims: list[Dimension], gpu_counts: list[int]) -> tuple[Dimension,
     return tuple(rest[:first] + [joint] + rest[first:])
 
 
+def _scalars(values: list[Any], where: str) -> None:
+    """Optuna records only scalar choices (and points are keyed by them): no lists or mappings."""
+    bad = [v for v in values if v is not None and not isinstance(v, (bool, int, float, str))]
+    if bad:
+        raise SpecError(f"{where}: {bad[0]!r} is not a number, string, boolean or null")
+
+
 def _choices(name: str, body: dict[str, Any], where: str) -> tuple[Any, ...]:
     if "choices" in body:
         ch = body["choices"]
         if not isinstance(ch, list) or not ch:
             raise SpecError(f"{where}.choices: must be a non-empty list")
+        _scalars(ch, f"{where}.choices")
         return tuple(ch)
     if "range" in body:
         r = body["range"]
@@ -220,10 +228,12 @@ def parse_space(data: dict[str, Any], source: str) -> SearchSpace:
         when = body.get("when")
         cond = _compile_when(str(when), f"{where}.when") if when is not None else None
         default = body.get("default", choices[0])
+        _scalars([default], f"{where}.default")
         dims.append(Dimension(name, choices, None if when is None else str(when), default, cond))
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict) or set(fixed) - set(LAYOUT_KEYS):
         raise SpecError(f"space.fixed: must map layout keys ({', '.join(LAYOUT_KEYS)}) to values")
+    _scalars(list(fixed.values()), "space.fixed")
     return SearchSpace(name=str(data.get("name", source)), framework=framework, dimensions=tuple(dims),
                        fixed=dict(fixed))
 

@@ -39,7 +39,7 @@ def _expand_family(fields: dict[str, Any], where: str) -> dict[str, Any]:
     family = fields.pop("family", None)
     if family is None:
         return fields
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise SpecError(f"{where}.family: unknown family {family!r} (allowed: {', '.join(FAMILIES)})")
     return {**FAMILIES[family], **fields}
 

@@ -46,7 +46,8 @@ def _llama_like(cfg: dict[str, Any], bias: str) -> dict[str, Any]:
 def _gpt2(cfg: dict[str, Any]) -> dict[str, Any]:
     h = _req(cfg, "n_embd")
     return dict(
-        layers=_req(cfg, "n_layer"), hidden=h, heads=_req(cfg, "n_head"), ffn_hidden=cfg.get("n_inner") or 4 * h,
+        layers=_req(cfg, "n_layer"), hidden=h, heads=_req(cfg, "n_head"),
+        ffn_hidden=cfg.get("n_inner") or (4 * h if type(h) is int else None),  # else hidden's own error
         vocab=_req(cfg, "vocab_size"), activation="gelu", tied_embeddings=True, norm="layernorm", bias="all",
         position_embedding="learned", max_seq_len=cfg.get("n_positions", 1024), dropout=True,
     )
@@ -76,7 +77,7 @@ def from_hf_config(cfg: dict[str, Any], name: str = "hf-model") -> ModelSpec:
         "GPT2LMHeadModel": _gpt2,
         "GPTNeoXForCausalLM": _neox,
     }
-    if arch not in builders:
+    if not isinstance(arch, str) or arch not in builders:
         raise SpecError(f"model: unsupported architecture {arch!r} (allowed: {', '.join(SUPPORTED)})")
     fields = builders[arch](cfg)
     try:

@@ -1,0 +1,65 @@
+"""Fuzzed specs, model YAML, HF config.json, search spaces and CLI flags: work, or exit 2 in one line.
+
+250 Hypothesis examples in all (derandomised, so CI is reproducible), each through
+``autotune.cli.main`` in-process; see :mod:`tests.integration.fuzzkit` for what counts as a pass.
+``benchmarks/fuzz_inputs.py`` runs 1,000 and prints the counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from tests.integration import fuzzkit as fk
+
+CI = settings(max_examples=50, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+ESTIMATE = ["estimate", "--gpu", "h100-sxm", "--gpus", "8", "--seq-len", "2048", "--global-batch", "16"]
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch) -> Path:
+    """An initialised empty study DB; the working directory is the test's own (relative paths land there)."""
+    monkeypatch.chdir(tmp_path)
+    return fk.prepare(tmp_path)
+
+
+def _ok(outcome: str) -> None:
+    assert outcome in ("ok", "exit2"), outcome
+
+
+@CI
+@given(text=fk.specs())
+def test_fuzzed_spec(db, text) -> None:
+    (db.parent / "spec.yaml").write_text(text)
+    _ok(fk.run(["submit", str(db.parent / "spec.yaml"), "--storage", f"sqlite:///{db}"], db))
+
+
+@CI
+@given(text=fk.model_yamls(), hf=fk.hf_configs())
+def test_fuzzed_model_yaml_and_hf_config(db, text, hf) -> None:
+    (db.parent / "model.yaml").write_text(text)
+    _ok(fk.run([*ESTIMATE, "--model", str(db.parent / "model.yaml")], db))
+    (db.parent / "hf").mkdir(exist_ok=True)
+    (db.parent / "hf" / "config.json").write_text(hf)
+    _ok(fk.run([*ESTIMATE, "--model", str(db.parent / "hf" / "config.json")], db))
+
+
+@CI
+@given(text=fk.spaces())
+def test_fuzzed_search_space(db, text) -> None:
+    (db.parent / "space.yaml").write_text(text)
+    spec = dict(fk.BASE_SPEC, search=dict(fk.BASE_SPEC["search"], space=str(db.parent / "space.yaml")))
+    (db.parent / "spec.yaml").write_text(json.dumps(spec))
+    _ok(fk.run(["submit", str(db.parent / "spec.yaml"), "--storage", f"sqlite:///{db}"], db))
+
+
+@CI
+@given(est=fk.estimate_flags(), sub=fk.submit_flags())
+def test_fuzzed_cli_flags(db, est, sub) -> None:
+    _ok(fk.run(est, db))
+    (db.parent / "base.yaml").write_text(json.dumps(fk.BASE_SPEC))
+    _ok(fk.run(["submit", str(db.parent / "base.yaml"), "--storage", f"sqlite:///{db}", *sub], db))
