@@ -12,6 +12,7 @@ __all__ = ["EVALUATORS", "get_evaluator", "evaluate_batch"]
 #: fidelity name -> "module:Class"; modules are imported on first use (torch only where needed).
 EVALUATORS: dict[str, str] = {
     "analytic": "workers.analytic:AnalyticEvaluator",
+    "dryrun": "workers.dryrun:DryRunEvaluator",
     "measure": "workers.measure:MeasureEvaluator",
     "faults": "workers.faults:FaultsEvaluator",  # fault injection for tests; not a spec choice
 }

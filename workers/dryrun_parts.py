@@ -1,0 +1,222 @@
+"""Pieces of the dry run (:mod:`workers.dryrun`): one pipeline rank's model chunks, the order in which
+its schedule runs forwards and backwards, Megatron-style mixed-precision state, and a cheap peak tracker.
+
+* :func:`build_chunks` builds only this pipeline rank's stages (its blocks; embeddings on the first
+  stage, final norm and output on the last) in the compute dtype, and applies the real tensor/sequence
+  parallelism (:func:`workers.parallel.tp.apply_tp`), recomputation and FSDP of :mod:`workers.parallel`.
+  The output layer is column-parallel with vocabulary-sharded logits (``loss_parallel``), as Megatron's
+  and torchtitan's vocab-parallel cross-entropy; with tied embeddings and pp > 1 the last stage keeps its
+  own output matrix (Megatron does).
+* :func:`schedule_order` is the forward/backward sequence one pipeline rank runs under GPipe, 1F1B or
+  interleaved 1F1B (Narayanan et al. 2021, Megatron's warm-up counts).
+* :class:`MixedPrecisionState` holds what Megatron keeps per local parameter: gradient buffers in the
+  dtype ``TrainingSpec.grad_buffers`` names (fp32 main grads by default), filled by post-accumulate-grad
+  hooks that then free the low-precision ``.grad``, and fp32 master weights + Adam moments for this
+  rank's 1/N of each parameter (ZeRO-1: an even split as Megatron's distributed optimizer; ZeRO-2/3: the
+  FSDP shard itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+from autotune.config import ParallelConfig
+from autotune.spec import ModelSpec
+from workers.dryrun_kernels import fuse
+from workers.model import Transformer
+from workers.parallel.recompute import apply_recompute
+from workers.parallel.tp import apply_tp
+from workers.parallel.zero import PRECISION_DTYPES, apply_fsdp
+
+__all__ = ["build_chunks", "schedule_order", "MixedPrecisionState", "PeakTracker", "FSDPPeakTracker", "local"]
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (the tensor itself otherwise)."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _chunk(spec: ModelSpec, seq_len: int, stage: int, n_stages: int, dtype: torch.dtype) -> Transformer:
+    """Stage ``stage`` of ``n_stages``: ``layers / n_stages`` blocks plus the ends it owns, in ``dtype``."""
+    tied = spec.tied_embeddings and n_stages == 1
+    sub = spec.model_copy(update={"layers": spec.layers // n_stages, "tied_embeddings": tied})
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        chunk = Transformer(sub, seq_len)
+    finally:
+        torch.set_default_dtype(previous)
+    if stage > 0:
+        chunk.tok_embeddings = chunk.pos_embeddings = None
+    if stage < n_stages - 1:
+        chunk.norm = chunk.output = None
+    return chunk
+
+
+def _apply_tp(chunk: Transformer, tp_mesh: DeviceMesh, sp: bool) -> None:
+    """:func:`apply_tp` on the blocks and embeddings; the output layer keeps vocabulary-sharded logits."""
+    output, chunk.output = chunk.output, None
+    apply_tp(chunk, tp_mesh, sequence_parallel=sp)
+    if output is not None:
+        inputs = {"input_layouts": Shard(1)} if sp else {}
+        plan = ColwiseParallel(**inputs, output_layouts=Shard(-1), use_local_output=False)
+        chunk.output = parallelize_module(output, tp_mesh, plan)
+        if chunk.spec.tied_embeddings and chunk.tok_embeddings is not None:
+            chunk.output.weight = chunk.tok_embeddings.weight
+
+
+def build_chunks(spec: ModelSpec, cfg: ParallelConfig, *, seq_len: int, precision: str, pp_rank: int,
+                 mesh: DeviceMesh, shard_mesh: DeviceMesh, fused: bool = True) -> tuple[list[Transformer], list[int]]:
+    """This pipeline rank's chunks (one, or ``vpp`` for interleaving) and their stage ids, parallelized;
+    ``fused`` gives them fused-kernel storage (:func:`workers.dryrun_kernels.fuse`)."""
+    n_stages = cfg.pp * cfg.vpp
+    ids = [pp_rank + v * cfg.pp for v in range(cfg.vpp)]
+    dtype = PRECISION_DTYPES[precision]
+    chunks = []
+    for i in ids:
+        chunk = _chunk(spec, seq_len, i, n_stages, dtype)
+        if fused:
+            fuse(chunk)
+        if cfg.tp > 1:
+            _apply_tp(chunk, mesh["tp"], cfg.sequence_parallel)
+        apply_recompute(chunk, cfg.recompute, cfg.recompute_layers)
+        if cfg.zero >= 2:
+            apply_fsdp(chunk, shard_mesh, zero=cfg.zero)
+        chunks.append(chunk)
+    return chunks, ids
+
+
+def schedule_order(pp_rank: int, pp: int, vpp: int, m: int, schedule: str) -> list[tuple[str, int, int]]:
+    """``("F"|"B", local chunk, micro-batch)`` in the order pipeline rank ``pp_rank`` runs them.
+
+    GPipe runs all forwards then all backwards; 1F1B warms up with ``pp - rank - 1`` forwards, then
+    alternates one forward and one backward; interleaved 1F1B warms up with ``(pp - rank - 1)·2 +
+    (vpp - 1)·pp`` chunk forwards, walking micro-batches in groups of ``pp`` per chunk.
+    """
+    total = m * vpp
+    if schedule == "gpipe" and vpp == 1:
+        warmup = total
+    elif vpp == 1:
+        warmup = min(pp - pp_rank - 1, total)
+    else:
+        warmup = min((pp - pp_rank - 1) * 2 + (vpp - 1) * pp, total)
+
+    def fwd(k: int) -> tuple[str, int, int]:
+        return "F", (k // pp) % vpp if vpp > 1 else 0, (k // (pp * vpp)) * pp + k % pp if vpp > 1 else k
+
+    def bwd(k: int) -> tuple[str, int, int]:
+        return "B", vpp - 1 - (k // pp) % vpp if vpp > 1 else 0, fwd(k)[2]
+
+    order = [fwd(k) for k in range(warmup)]
+    for k in range(total - warmup):
+        order += [fwd(warmup + k), bwd(k)]
+    order += [bwd(k) for k in range(total - warmup, total)]
+    return order
+
+
+class MixedPrecisionState:
+    """Gradient buffers and optimizer states of this rank, allocated up front as in a steady-state step.
+
+    ``precision`` fp32 keeps fp32 gradients and Adam's two moments (8 B/param, no master copy); the
+    low-precision ones keep gradient buffers per ``grad_buffers`` (fp32 4 B, low 2 B, both 6 B) and fp32
+    master + two moments (12 B). States cover this rank's 1/``n_shard`` of each parameter under ZeRO-1
+    (an even split, as Megatron's distributed optimizer) and the whole local tensor otherwise (under
+    ZeRO-2/3 FSDP's parameters are already shards). SGD keeps no moments. :meth:`attach` installs the
+    hooks that add each ``.grad`` into its buffers and free it.
+    """
+
+    def __init__(self, params: list[nn.Parameter], *, precision: str, grad_buffers: str, optimizer: str,
+                 zero: int, n_shard: int, shard_rank: int) -> None:
+        self.params = params
+        self.master = precision != "fp32"
+        kinds = {"fp32": [torch.float32], "low": [None], "both": [None, torch.float32]}[grad_buffers]
+        self.grads: dict[nn.Parameter, list[torch.Tensor]] = {}
+        self.states: dict[nn.Parameter, list[torch.Tensor]] = {}
+        self.slices: dict[nn.Parameter, slice] = {}
+        n_states = (2 if optimizer == "adam" else 0) + int(self.master)
+        for p in params:
+            x = local(p)
+            self.grads[p] = [torch.zeros(x.shape, dtype=k or x.dtype) for k in (kinds if self.master else [None])]
+            n = x.numel()
+            part = -(-n // n_shard) if zero == 1 else n
+            lo = min(n, shard_rank * part) if zero == 1 else 0
+            self.slices[p] = slice(lo, min(n, lo + part))
+            self.states[p] = [torch.zeros(self.slices[p].stop - lo, dtype=torch.float32) for _ in range(n_states)]
+        self._hooks: list[Any] = []
+
+    def attach(self) -> None:
+        """Install the gradient hooks (after a memory tracker's own, so it sees each ``.grad`` first)."""
+        self._hooks = [p.register_post_accumulate_grad_hook(self._accumulate) for p in self.params]
+
+    def _accumulate(self, p: torch.Tensor) -> None:
+        g = p.grad
+        if isinstance(g, DTensor) and g.placements != p.placements:
+            g = g.redistribute(p.device_mesh, p.placements)
+        g = local(g)
+        for buf in self.grads[p]:
+            buf.add_(g)
+        p.grad = None
+
+    def register(self, tracker: MemTracker) -> None:
+        """Count the gradient buffers and optimizer states in ``tracker`` under their categories from
+        the start (an existing entry keeps its category when later ops return the tensor)."""
+        kinds = {k.name: k for k in tracker._ref_class}  # type: ignore[attr-defined]
+        grad = kinds.get("SHARDED_GRAD", kinds.get("GRAD"))
+        for bufs in self.grads.values():
+            for b in bufs:
+                tracker._update_and_maybe_create_winfos(b, grad)
+        for states in self.states.values():
+            for st in states:
+                tracker._update_and_maybe_create_winfos(st, kinds["OPT"])
+
+    @torch.no_grad()
+    def step(self, lr: float = 1e-4) -> None:
+        """Adam (or SGD) on this rank's slice of every parameter; write the updated weights back."""
+        for p in self.params:
+            sl, states = self.slices[p], self.states[p]
+            weights = local(p).view(-1)[sl]
+            update = self.grads[p][-1].view(-1)[sl].float()
+            if len(states) - int(self.master) == 2:
+                m, v = states[-2], states[-1]
+                m.lerp_(update, 0.1)
+                v.mul_(0.999).addcmul_(update, update, value=0.001)
+                update = m / v.sqrt().add_(1e-8)
+            if self.master:
+                states[0].add_(update, alpha=-lr)
+                weights.copy_(states[0])
+            else:
+                weights.add_(update, alpha=-lr)
+        for bufs in self.grads.values():
+            for b in bufs:
+                b.zero_()
+
+    def detach(self) -> None:
+        """Remove the gradient hooks."""
+        for h in self._hooks:
+            h.remove()
+
+
+class _CheapPeak:
+    """Keep only the global peak snapshot (the per-module statistics cost O(ops × modules))."""
+
+    def _update_peak_stats(self, peak_state: Any) -> None:
+        for dev, snap in self._curr_mem_snap.items():  # type: ignore[attr-defined]
+            if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:  # type: ignore[attr-defined]
+                self._peak_mem[dev] = snap[_TOTAL_KEY]  # type: ignore[attr-defined]
+                self._peak_mem_snap[dev] = dict(snap)  # type: ignore[attr-defined]
+
+
+class PeakTracker(_CheapPeak, MemTracker):
+    """torch's MemTracker (parameters, gradients, activations, temporaries) with a cheap peak update."""
+
+
+class FSDPPeakTracker(_CheapPeak, FSDPMemTracker):
+    """torch's FSDPMemTracker (sharded/unsharded parameters and gradients, collective buffers)."""
