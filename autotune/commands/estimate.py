@@ -52,6 +52,17 @@ def spec_with_overrides(spec: Path | None, overrides: dict[str, Any], name: str 
     return data
 
 
+def _dryrun_text(result: dict[str, Any]) -> str:
+    """The dry run's memory breakdown as aligned lines."""
+    mem = result["memory_gib"]
+    rows = [f"{k:12s} {mem[k]:9.2f} GiB" for k in mem]
+    verdict = "fits" if result["fits"] else "does NOT fit"
+    return "\n".join([f"{result['model']} on {result['gpus']} x {result['gpu']} (dry run, worst stage "
+                      f"{result['worst_stage']})", *rows,
+                      f"{verdict} in {result['capacity_gib']:.1f} GiB usable; "
+                      f"{result['flops']:.3e} FLOPs/rank/iteration"])
+
+
 def estimate_cmd(
     spec: Path | None = typer.Argument(None, help="Study spec (YAML/TOML); flags override its fields."),
     model: str | None = typer.Option(None, help="Model preset, model YAML or HF config.json."),
@@ -72,9 +83,18 @@ def estimate_cmd(
     recompute: str = typer.Option("none", help="none | selective | full."),
     recompute_layers: int | None = typer.Option(None, help="Layers per stage to recompute (full only)."),
     sp: bool = typer.Option(False, "--sp/--no-sp", help="Sequence parallelism (needs tp > 1)."),
+    fidelity: str = typer.Option(
+        "analytic", help="analytic (cost model) | dryrun (exact per-rank memory and FLOPs from a fake-tensor run)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Per-rank memory breakdown, step time, tokens/s, MFU, fit verdict and training time of one layout."""
+    """Per-rank memory breakdown, step time, tokens/s, MFU, fit verdict and training time of one layout.
+
+    ``--fidelity dryrun`` runs the layout at full size on fake tensors instead (seconds to a minute; needs
+    torch) and prints the same memory keys plus ``flops`` and ``fidelity``.
+    """
+    if fidelity not in ("analytic", "dryrun"):
+        raise SpecError(f"fidelity: must be analytic or dryrun (got {fidelity!r})")
     data = spec_with_overrides(spec, {
         "model": model, "cluster.gpu": gpu, "gpus": gpus, "cluster.gpus_per_node": gpus_per_node,
         "training.seq_len": seq_len, "training.global_batch": global_batch,
@@ -85,6 +105,12 @@ def estimate_cmd(
     cfg = derive(problem.model, problem.training, problem.gpus, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero,
                  dp_shard=dp_shard, micro_batch=micro_batch, recompute=recompute,
                  recompute_layers=recompute_layers, sequence_parallel=sp)
+    if fidelity == "dryrun":
+        from workers.dryrun import dryrun_estimate  # imports torch: only when asked for
+
+        result = dryrun_estimate(problem.model, problem.training, problem.gpu, cfg)
+        typer.echo(json.dumps(result, indent=2) if json_out else _dryrun_text(result))
+        return
     result = estimate(problem.model, problem.training, problem.gpu, problem.cluster, cfg)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
