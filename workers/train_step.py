@@ -28,9 +28,13 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.AdamW,
 
 
 def build_optimizer(par: Parallelized, name: str = "adam", **kwargs: Any) -> torch.optim.Optimizer:
-    """The optimizer over this rank's parameters; ZeRO-1 shards its states over the shard group."""
+    """The optimizer over this rank's parameters; ZeRO-1 shards its states over the shard group.
+
+    A shard group of one rank has nothing to shard: the plain optimizer is used (and
+    ZeroRedundancyOptimizer's broadcasts, which DTensor parameters cannot take, are avoided).
+    """
     cls = OPTIMIZERS[name]
-    if par.cfg.zero != 1:
+    if par.cfg.zero != 1 or par.shard_mesh.size() == 1:
         return cls(par.parameters(), **kwargs)
     return zero1_optimizer(par.parameters(), par.shard_mesh, cls, **kwargs)
 
