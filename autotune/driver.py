@@ -7,7 +7,7 @@ dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity
 version -> reuse) -> Ray worker -> :class:`TrialResult` -> tell + one evaluation row. The driver is the
 only DB writer. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported/pruned -> PRUNED;
 crash/timeout/nan/error -> FAIL. Measured trials report each timed step's throughput to a
-MedianPruner (3 startup trials, 1 warm-up step), which stops a layout clearly slower than the median
+MedianPruner (2 start-up trials, 1 warm-up step; benchmarks/measure_pruning.py), which stops a layout clearly slower than the median
 of earlier trials at the same step.
 
 Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history on every suggest,
@@ -66,6 +66,9 @@ STATE_OF: dict[str, TrialState] = {
     "unsupported": TrialState.PRUNED, "crash": TrialState.FAIL, "timeout": TrialState.FAIL,
     "nan": TrialState.FAIL, "error": TrialState.FAIL, "pruned": TrialState.PRUNED,
 }
+#: MedianPruner settings for measured trials (benchmarks/measure_pruning.py replays them).
+PRUNER_STARTUP_TRIALS = 2
+PRUNER_WARMUP_STEPS = 1
 _DERIVE_KEYS = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute", "recompute_layers",
                 "sequence_parallel", "pp_schedule", "tp_comm_overlap", "overlap_grad_reduce",
                 "overlap_param_gather")
@@ -170,7 +173,8 @@ class Driver:
         else:
             study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=recorder)
             _fail_stale(study)
-        pruner = None if self.objective.multi else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        pruner = None if self.objective.multi else optuna.pruners.MedianPruner(
+            n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_STEPS)
         self._mem = optuna.create_study(directions=directions, sampler=self._sampler, pruner=pruner)
         self._sync(study)
         return study

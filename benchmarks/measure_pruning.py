@@ -28,6 +28,7 @@ import optuna
 
 from autotune.catalog import get_gpu, get_model
 from autotune.config import derive
+from autotune.driver import PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_STEPS
 from autotune.spec import TrainingSpec
 from workers.evaluator import EvalTask
 from workers.measure import measure_trial
@@ -102,8 +103,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="Timed steps per trial (default 8).")
     ap.add_argument("--world", type=int, default=2, help="Ranks per trial (default 2).")
     ap.add_argument("--pruner", choices=["median", "halving"], default="median")
-    ap.add_argument("--startup", type=int, default=2, help="Trials never pruned (MedianPruner, default 2).")
-    ap.add_argument("--warmup", type=int, default=1, help="Steps before pruning may start (default 1).")
+    ap.add_argument("--startup", type=int, default=PRUNER_STARTUP_TRIALS,
+                    help="Trials never pruned (MedianPruner; default: the driver's).")
+    ap.add_argument("--warmup", type=int, default=PRUNER_WARMUP_STEPS,
+                    help="Steps before pruning may start (default: the driver's).")
     ap.add_argument("--orders", type=int, default=200, help="Random trial orders replayed (default 200).")
     ap.add_argument("--save", type=Path, help="Write the measured series to this JSON file.")
     ap.add_argument("--load", type=Path, help="Replay series from this JSON file instead of measuring.")
