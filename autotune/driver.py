@@ -7,8 +7,8 @@ dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity
 version -> reuse) -> Ray worker -> :class:`TrialResult` -> tell + one evaluation row. The driver is the
 only DB writer. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported/pruned -> PRUNED;
 crash/timeout/nan/error -> FAIL. Measured trials report each timed step's throughput to a
-MedianPruner (2 start-up trials, 1 warm-up step; benchmarks/measure_pruning.py), which stops a layout clearly slower than the median
-of earlier trials at the same step.
+MedianPruner (2 start-up trials, 1 warm-up step; benchmarks/measure_pruning.py), which stops a
+layout clearly slower than the median of earlier trials at the same step.
 
 Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history on every suggest,
 which over an RDB costs tens of milliseconds per parameter); every trial is mirrored into the study
