@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -122,16 +123,16 @@ def _parse(url: str) -> URL:
     try:
         return make_url(url)
     except (ArgumentError, ValueError) as e:
-        raise StorageError(f"storage: cannot parse URL {url!r} (expected an SQLAlchemy URL such as "
+        raise StorageError(f"storage: cannot parse URL {mask_url(url)!r} (expected an SQLAlchemy URL such as "
                            "sqlite:///autotune.db or postgresql+psycopg://user@host/db)") from e
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
+    """The URL with any password replaced by *** (also in a URL that does not parse)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        return "<unparseable storage URL>"
+        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
 
 
 _T = TypeVar("_T")
