@@ -146,6 +146,14 @@ class GPUSpec(_Frozen):
             " token per hidden unit per layer in forward; backward moves twice as much."
         ),
     )
+    layer_overhead_us: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description=(
+            "Host-side fixed cost per layer per micro-batch, forward + backward (operator dispatch, autograd"
+            " bookkeeping), microseconds. 0 for GPU profiles (kernels are queued ahead of the device); it"
+            " dominates a small model on CPU ranks. Fitted by `autotune calibrate`."
+        ),
+    )
     overhead_gib: Annotated[float, Field(ge=0)] = Field(
         1.5, description="CUDA context, communicator buffers and workspace per rank, GiB."
     )

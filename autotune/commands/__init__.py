@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from autotune.commands import estimate, export, report, study
+from autotune.commands import calibrate, estimate, export, report, study
 
 __all__ = ["register"]
 
@@ -19,3 +19,5 @@ def register(app: typer.Typer) -> None:
     app.command("trials")(study.trials_cmd)
     app.command("export")(export.export_cmd)
     app.command("report")(report.report_cmd)
+    app.command("calibrate")(calibrate.calibrate_cmd)
+    app.add_typer(calibrate.profiles_app, name="profiles")

@@ -11,6 +11,7 @@ import typer
 from autotune.config import derive
 from autotune.costmodel import estimate
 from autotune.errors import SpecError
+from autotune.profiles import load_profile
 from autotune.render import print_estimate
 from autotune.resolve import resolve
 from autotune.spec import parse_spec, read_mapping
@@ -83,6 +84,9 @@ def estimate_cmd(
     recompute: str = typer.Option("none", help="none | selective | full."),
     recompute_layers: int | None = typer.Option(None, help="Layers per stage to recompute (full only)."),
     sp: bool = typer.Option(False, "--sp/--no-sp", help="Sequence parallelism (needs tp > 1)."),
+    profile: str | None = typer.Option(None, help="Stored calibrated profile NAME or NAME@VERSION (replaces --gpu)."),
+    storage: str | None = typer.Option(None, help="SQLAlchemy URL holding --profile [default: $AUTOTUNE_STORAGE "
+                                                   "or sqlite:///autotune.db]."),
     fidelity: str = typer.Option(
         "analytic", help="analytic (cost model) | dryrun (exact per-rank memory and FLOPs from a fake-tensor run)."
     ),
@@ -100,8 +104,8 @@ def estimate_cmd(
         "training.seq_len": seq_len, "training.global_batch": global_batch,
         "training.precision": precision, "training.tokens": tokens,
     })
-    data.setdefault("cluster", {}).setdefault("gpu", None)
-    problem = resolve(parse_spec(data))
+    data.setdefault("cluster", {}).setdefault("gpu", profile)
+    problem = resolve(parse_spec(data), gpu=load_profile(profile, storage) if profile else None)
     cfg = derive(problem.model, problem.training, problem.gpus, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero,
                  dp_shard=dp_shard, micro_batch=micro_batch, recompute=recompute,
                  recompute_layers=recompute_layers, sequence_parallel=sp)

@@ -17,6 +17,7 @@ from autotune.driver import Progress as StudyProgress
 from autotune.errors import SpecError, StorageError
 from autotune.fidelity import run_fidelities
 from autotune.objectives import objective_for
+from autotune.profiles import load_profile
 from autotune.render import console, layout_summary, print_best, print_trials
 from autotune.resolve import resolve
 from autotune.results import best_report
@@ -85,13 +86,15 @@ def submit_cmd(
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse earlier identical evaluations."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the best layout as JSON."),
+    profile: str | None = typer.Option(None, help="Score with this stored calibrated profile (NAME or NAME@V) "
+                                                  "instead of cluster.gpu's."),
 ) -> None:
     """Run a tuning study and print the best layout that fits."""
     data = spec_with_overrides(spec, {
         "name": name, "search.n_trials": n_trials, "search.timeout_s": timeout, "search.sampler": sampler,
         "search.evaluator": evaluator, "search.workers": workers, "search.seed": seed})
     study_spec = parse_spec(data)
-    problem = resolve(study_spec)
+    problem = resolve(study_spec, gpu=load_profile(profile, storage) if profile else None)
     load_space(study_spec.search.space)
     objective_for(study_spec)
     from workers.registry import EVALUATORS

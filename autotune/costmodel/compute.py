@@ -30,6 +30,11 @@ two norms 4h, two bias-dropout-adds 2·(3h + h/2 mask), activation 2f (GELU) or 
 FlashAttention the fused scale-mask-softmax (read 2 + write 2 bytes) and attention dropout (read 2 +
 write 2 + mask 1) add 9 bytes per score (4 without dropout), a·s scores per token; with FlashAttention
 the scores never leave on-chip memory and causal masking skips half of the core's tiles.
+
+Host overhead: ``GPUSpec.layer_overhead_us`` per layer per micro-batch (forward + backward) is the
+fixed cost of issuing a layer's operators (Python, dispatcher, autograd). GPU kernels are queued
+asynchronously ahead of the device, so datasheet profiles leave it 0; on CPU ranks, where each operator
+runs in the issuing thread, a small model spends most of its step there (``autotune calibrate`` fits it).
 """
 
 from __future__ import annotations
@@ -78,8 +83,9 @@ def replicated_share(model: ModelSpec) -> float:
 
 def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> dict[str, Any]:
     """Seconds of one layer's forward for one micro-batch on one rank, split into
-    ``linear`` (linear GEMMs), ``core`` (attention-core GEMMs), ``elementwise`` and ``softmax``
-    (score-matrix traffic, zero with FlashAttention)."""
+    ``linear`` (linear GEMMs), ``core`` (attention-core GEMMs), ``elementwise``, ``softmax``
+    (score-matrix traffic, zero with FlashAttention) and ``overhead`` (a third of
+    ``layer_overhead_us``: like the FLOPs, the host-side work of backward is twice forward's)."""
     tp, s = L["tp"], training.seq_len
     tokens = L["micro_batch"] * s / L["cp"]
     eff = gemm_efficiency(gpu, model.hidden / tp, tokens)
@@ -95,7 +101,8 @@ def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, 
     elementwise = tokens * gpu.elementwise_bytes_per_token_hidden * model.hidden * scale * dtype / 2.0 / hbm
     per_score = 0.0 if training.flash_attention else (9.0 if model.dropout else 4.0) * dtype / 2.0
     softmax = tokens * per_score * model.heads * s / tp / hbm
-    return {"linear": linear, "core": core, "elementwise": elementwise, "softmax": softmax}
+    overhead = gpu.layer_overhead_us * 1e-6 / 3.0
+    return {"linear": linear, "core": core, "elementwise": elementwise, "softmax": softmax, "overhead": overhead}
 
 
 def logits_forward_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> Any:

@@ -117,7 +117,7 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     tokens = L["micro_batch"] * training.seq_len / cp
     n_layers = model.layers / pp
     t = layer_forward_times(model, training, gpu, L)
-    fwd_layer = t["linear"] + t["core"] + t["elementwise"] + t["softmax"]
+    fwd_layer = t["linear"] + t["core"] + t["elementwise"] + t["softmax"] + t["overhead"]
     fwd_mb = n_layers * fwd_layer + logits_forward_time(model, training, gpu, L)
     rc = L["recompute"]
     full = np.where(rc == 2, recomputed_fraction(model, L), 0.0)

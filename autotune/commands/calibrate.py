@@ -1,0 +1,208 @@
+"""``autotune calibrate`` (microbenchmarks or a study's measured trials -> a stored profile) and
+``autotune profiles`` (list, show, export)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from autotune.calibrate import fit_profile, plan_jobs
+from autotune.catalog import get_model, resolve_gpu
+from autotune.errors import AutotuneError, SpecError, StorageError
+from autotune.profiles import ProfileStore, parse_ref, to_yaml
+from autotune.refit import config_of, fit_measured, measured_rows
+from autotune.render import console
+from autotune.resolve import resolve
+from autotune.spec import GPUSpec, parse_spec
+from autotune.storage import Storage
+
+__all__ = ["calibrate_cmd", "profiles_app"]
+
+STORAGE_HELP = "SQLAlchemy URL [default: $AUTOTUNE_STORAGE or sqlite:///autotune.db]."
+#: The model whose transformer block the ``layer`` microbenchmark runs (the fixed per-layer host cost).
+LAYER_MODEL = "tiny"
+
+
+def _base_gpu(ref: str, profiles: ProfileStore) -> GPUSpec:
+    """A stored profile (NAME or NAME@V) if there is one by that name, else a catalog GPU or GPU file."""
+    if "/" not in ref and not ref.endswith((".yaml", ".yml")):
+        name, _ = parse_ref(ref)
+        if any(p["name"] == name for p in profiles.list()):
+            return profiles.get(ref).gpu()
+    return resolve_gpu(ref)
+
+
+def _microbenchmarks(gpus_per_node: int, quick: bool, threads: int, ray_address: str | None,
+                     quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the microbenchmark jobs on a Ray worker (one at a time, so they do not disturb each other)."""
+    import ray
+
+    from workers.microbench import device_info, run_job
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise AutotuneError(f"ray-address: cannot join Ray at {ray_address!r}: {e}") from e
+    info = ray.get(ray.remote(num_cpus=0)(device_info).remote())
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    ranks = gpus_per_node if info["device"] == "cpu" else max(1, min(gpus_per_node, info["devices"]))
+    jobs = plan_jobs(quick=quick, ranks=ranks, device=info["device"], threads=threads,
+                     model=get_model(LAYER_MODEL).model_dump(mode="json"))
+    remote = ray.remote(num_cpus=0, num_gpus=ranks if info["device"] == "cuda" else 0, max_retries=0)(run_job)
+    rows: list[dict[str, Any]] = []
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False, disable=quiet) as bar:
+        task = bar.add_task("calibrate", total=len(jobs))
+        for job in jobs:
+            bar.update(task, description=f"{job['name']} on {ranks} {info['device']} ranks")
+            rows += ray.get(remote.remote(job))
+            bar.advance(task)
+    info |= {"ranks": ranks, "threads_per_rank": threads if info["device"] == "cpu" else None, "nodes": nodes,
+             "quick": quick, "inter_node": f"not measured ({nodes} Ray node{'s' if nodes > 1 else ''}; the "
+             "benchmark ranks are processes of one node): inter_node_gbps/latency are the base profile's"}
+    return rows, info
+
+
+def _from_study(store: Storage, study: str, base: GPUSpec) -> tuple[GPUSpec, dict[str, Any]]:
+    """Refit ``base`` to the measured trials of ``study``."""
+    saved = store.study_spec(study)
+    if saved is None:
+        raise StorageError(f"from-study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
+    problem = resolve(parse_spec(saved), gpu=base)
+    rows = measured_rows(store.evaluations(study))
+    if len(rows) < 3:
+        raise SpecError(f"from-study: study {study!r} has {len(rows)} successful measured trials; "
+                        "a refit needs at least 3 (run it with search.evaluator or fidelities ending in measure)")
+    gpn = problem.cluster.gpus_per_node
+    configs = [config_of(problem.model, problem.training, gpn * r.layout.get("nodes", 1), r.layout) for r in rows]
+    gpu, report = fit_measured(problem.model, problem.training, gpn, configs,
+                               [r.metrics["step_time_s"] for r in rows], base)
+    source = {"kind": "study", "study": study, "storage": store.display_url, "trials": [r.trial for r in rows],
+              "rows": len(rows), "hosts": sorted({r.host for r in rows}), **report}
+    return gpu, source
+
+
+def _print_fit(profile: Any, source: dict[str, Any]) -> None:
+    console.print(f"stored profile [bold]{profile.ref}[/bold] (from {profile.base}, {source['kind']})")
+    if source["kind"] == "study":
+        for when in ("before", "after"):
+            e = source[when]
+            console.print(f"  {when:6s}: median |error| {e['median_abs_rel_error']:.1%}, Kendall tau "
+                          f"{e['kendall_tau']:.3f} over {e['n']} measured layouts")
+        for name, v in source["fields"].items():
+            console.print(f"  {name}: {v['before']:.4g} -> {v['after']:.4g}")
+        return
+    f = profile.fields
+    console.print(f"  peak_tflops {f['peak_tflops']}, gemm_eff_max {f['gemm_eff_max']:.3f}, gemm_k_dim "
+                  f"{f['gemm_k_dim']:.1f}, gemm_k_tokens {f['gemm_k_tokens']:.1f}, gemm_latency_us "
+                  f"{f['gemm_latency_us']:.1f}")
+    console.print(f"  hbm_gbps {f['hbm_gbps']:.1f}, elementwise_bytes_per_token_hidden "
+                  f"{f['elementwise_bytes_per_token_hidden']:.1f}, layer_overhead_us {f['layer_overhead_us']:.0f}")
+    console.print(f"  intra_node_gbps {f['intra_node_gbps']:.3f}, intra_node_latency_us "
+                  f"{f['intra_node_latency_us']:.1f}; inter-node: {source['device']['inter_node']}")
+
+
+def calibrate_cmd(
+    name: str | None = typer.Option(None, help="Profile name [default: the base's name]."),
+    base: str | None = typer.Option(None, help="Profile to start from: catalog GPU, GPU YAML or stored profile "
+                                               "[default: cpu; with --from-study the study's GPU]."),
+    from_study: str | None = typer.Option(None, "--from-study", help="Refit to this study's measured trials "
+                                                                       "instead of running microbenchmarks."),
+    gpus_per_node: int = typer.Option(4, min=1, help="Ranks per node to benchmark (compute contention, groups)."),
+    threads: int = typer.Option(1, min=1, help="CPU: torch threads per rank (a measured trial's rank runs 1)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer shapes and sizes in one job (under a minute on CPU)."),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the stored profile and fit report as JSON."),
+) -> None:
+    """Fit a hardware profile (GEMM curve, memory bandwidth, per-layer overhead, link alpha/beta) to
+    microbenchmarks on the Ray workers' devices, or to a study's measured step times, and store it as
+    the next version of NAME."""
+    store = Storage(storage)
+    profiles = ProfileStore(store)
+    if from_study is not None:
+        saved = store.study_spec(from_study)
+        base_ref = base or (saved or {}).get("cluster", {}).get("gpu") or "cpu"
+        base_gpu = _base_gpu(base_ref, profiles)
+        gpu, source = _from_study(store, from_study, base_gpu)
+    else:
+        base_ref = base or "cpu"
+        base_gpu = _base_gpu(base_ref, profiles)
+        start = time.monotonic()
+        rows, info = _microbenchmarks(gpus_per_node, quick, threads, ray_address, quiet or json_out)
+        gpu, report = fit_profile(base_gpu, rows, info["device"])
+        source = {"kind": "microbenchmarks", "device": info, "wall_s": time.monotonic() - start, "fit": report,
+                  "data": rows}
+    profile_name = name or parse_ref(base_ref.rsplit("/", 1)[-1].removesuffix(".yaml"))[0]
+    profile = profiles.add(profile_name, gpu, base_ref, source)
+    if json_out:
+        summary = {k: v for k, v in source.items() if k != "data"}
+        typer.echo(json.dumps({"ref": profile.ref, "fields": profile.fields, "source": summary}, indent=2,
+                              default=float))
+    else:
+        _print_fit(profile, source)
+
+
+profiles_app = typer.Typer(help="Stored hardware profiles: list, show, export.", no_args_is_help=False,
+                           rich_markup_mode=None)
+
+
+@profiles_app.callback(invoke_without_command=True)
+def profiles_cmd(
+    ctx: typer.Context,
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the stored profiles (every version), or run a subcommand."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = ProfileStore(Storage(storage, create=False)).list()
+    if json_out:
+        typer.echo(json.dumps([{k: v for k, v in r.items() if k != "source"} for r in rows], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="Profiles")
+    for col in ("profile", "base", "fitted on", "created", "peak TFLOP/s", "gemm_eff_max", "layer_overhead_us"):
+        table.add_column(col)
+    for r in rows:
+        f = r["fields"]
+        table.add_row(r["ref"], r["base"], str(r["kind"]), str(r["created_at"]),
+                      ", ".join(f"{k} {v:.3g}" for k, v in f["peak_tflops"].items()), f"{f['gemm_eff_max']:.3f}",
+                      f"{f.get('layer_overhead_us', 0.0):.0f}")
+    console.print(table)
+
+
+@profiles_app.command("show")
+def show_cmd(
+    ref: str = typer.Argument(..., help="NAME (latest version) or NAME@VERSION."),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+) -> None:
+    """Print one profile's fields and what it was fitted on, as JSON (without the raw benchmark rows)."""
+    p = ProfileStore(Storage(storage, create=False)).get(ref)
+    source = {k: v for k, v in p.source.items() if k != "data"}
+    typer.echo(json.dumps({"ref": p.ref, "base": p.base, "created_at": p.created_at, "fields": p.fields,
+                           "source": source}, indent=2))
+
+
+@profiles_app.command("export")
+def export_profile_cmd(
+    ref: str = typer.Argument(..., help="NAME (latest version) or NAME@VERSION."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write this GPU YAML file [default: stdout]."),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+) -> None:
+    """Write a profile as a GPU YAML file, loadable with `cluster.gpu: FILE`."""
+    text = to_yaml(ProfileStore(Storage(storage, create=False)).get(ref))
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"wrote {output}")
