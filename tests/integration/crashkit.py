@@ -1,11 +1,13 @@
 """Kill -9 a study driver at random points, resume it, and check what survived.
 
-Shared by ``tests/integration/test_crash_resume.py`` (5 kill points) and
-``benchmarks/crash_resume.py`` (20). Each round starts ``python -m autotune submit`` (first round) or
-``resume`` in its own process group, waits until the study holds a randomly chosen number of
-evaluation rows, waits a further random fraction of a second (so the kill lands anywhere in a
-batch: reserving, evaluating on Ray, writing), then SIGKILLs the whole group. A final ``resume``
-runs to the end. :func:`check` lists every broken invariant; an empty list is a pass.
+Shared by ``tests/integration/test_crash_resume.py`` (5 kill points) and ``benchmarks/crash_resume.py``
+(20). Each round starts ``python -m autotune submit`` (first round) or ``resume`` in its own process
+group, waits until the study holds a random number more evaluation rows than when the round began
+(0: the kill lands while the driver starts up or opens the study), waits a further random fraction
+of a second (so the kill lands anywhere in a batch: reserving, evaluating on Ray, writing), then
+SIGKILLs the whole group and waits up to 20 s for every process the driver had started (a local
+Ray's, when it started one) to be gone; survivors are counted as orphans and killed. A final
+``resume`` runs to the end. :func:`check` lists every broken invariant; an empty list is a pass.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import psutil
 
 from autotune.storage import Storage
 
@@ -49,6 +52,8 @@ class Chain:
     """What a run of kills and resumes produced."""
 
     snapshots: list[Snapshot] = field(default_factory=list)
+    orphans: int = 0
+    """Processes of a killed driver still alive 20 s after the kill."""
     final_rc: int = -1
     final_err: str = ""
     wall_s: float = 0.0
@@ -60,6 +65,13 @@ def _count(db: Path, study: str) -> int:
             return con.execute("select count(*) from autotune_evaluations where study = ?", (study,)).fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 def snapshot(url: str, study: str) -> Snapshot:
@@ -82,9 +94,9 @@ def run_chain(tmp: Path, kills: int, seed: int, ray_address: str | None, n_trial
     db = tmp / "crash.db"
     url = f"sqlite:///{db}"
     extra = ["--storage", url, "--quiet"] + (["--ray-address", ray_address] if ray_address else [])
-    targets = sorted(rng.sample(range(0, n_trials - 20), kills))
     chain, start = Chain(), time.monotonic()
-    for i, target in enumerate(targets):
+    for i in range(kills):
+        target = min(_count(db, "crash") + rng.randint(0, n_trials // kills), n_trials - 20)
         cmd = ["submit", str(spec)] if i == 0 else ["resume", "crash"]
         proc = subprocess.Popen([sys.executable, "-m", "autotune", *cmd, *extra], start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -93,8 +105,13 @@ def run_chain(tmp: Path, kills: int, seed: int, ray_address: str | None, n_trial
         time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:
             raise RuntimeError(f"driver exited before the kill: {proc.stderr.read().decode()[-2000:]}")
+        kids = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        _, alive = psutil.wait_procs(kids, timeout=20)
+        chain.orphans += len(alive)
+        for p in alive:
+            p.kill()
         proc.stderr.close()
         if db.exists():
             chain.snapshots.append(snapshot(url, "crash"))
@@ -107,6 +124,8 @@ def run_chain(tmp: Path, kills: int, seed: int, ray_address: str | None, n_trial
 def check(url: str, chain: Chain, n_trials: int = 200) -> list[str]:
     """Broken invariants after the final resume (empty when all hold)."""
     bad = []
+    if chain.orphans:
+        bad.append(f"{chain.orphans} processes of killed drivers outlived them")
     if chain.final_rc != 0:
         bad.append(f"final resume exited {chain.final_rc}: {chain.final_err[-500:]}")
     final = snapshot(url, "crash")
