@@ -59,7 +59,7 @@ def plan_jobs(*, quick: bool, ranks: int, device: str, model: dict[str, Any], th
             "layer_seq": [8, 16, 32], "model": model, "sustained_s": 0.01 if quick else 0.03}
     sizes = [4096, 65536, 1 << 20, 4 << 20] if quick else [4096, 16384, 65536, 262144, 1 << 20, 4 << 20, 16 << 20]
     groups = sorted({2, ranks}) if quick else list(range(2, ranks + 1))
-    comm = {"reps": 3 if quick else 5, "sizes": sizes, "groups": [g for g in groups if g <= ranks]}
+    comm = {"reps": 3 if quick else 5, "sizes": sizes, "groups": [g for g in groups if g <= ranks], "model": model}
     common = {"ranks": ranks, "threads": threads if device == "cpu" else None}
     if quick:
         return [common | {"name": "compute + collectives", "compute": base | {"dtypes": [main]}, "comm": comm}]

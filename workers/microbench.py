@@ -132,11 +132,19 @@ def _compute(job: dict[str, Any], dev: Any) -> list[dict[str, Any]]:
 
 
 def _busy(job: dict[str, Any], dev: Any) -> Callable[[], Any]:
-    """A GEMM of the layer's width that stands for the compute between two collectives of a step."""
+    """The work between two collectives of a step: forward + backward of one reference transformer
+    block of ``job["model"]`` over ``busy_seq`` tokens (many small operators, as in a step's layer)."""
     import torch
 
-    a, b = torch.randn(job.get("busy_tokens", 256), 128, device=dev), torch.randn(128, 512, device=dev)
-    return lambda: a @ b
+    from autotune.spec import ModelSpec
+    from workers.model import TransformerBlock, rope_frequencies
+
+    spec = ModelSpec.model_validate(job["model"])
+    seq = int(job.get("busy_seq", 32))
+    block = TransformerBlock(spec).to(dev)
+    x = torch.randn(1, seq, spec.hidden, device=dev, requires_grad=True)
+    freqs = rope_frequencies(spec.head_dim, seq).to(dev) if spec.position_embedding == "rope" else None
+    return lambda: block(x, freqs).sum().backward()
 
 
 def _comm(job: dict[str, Any], dev: Any, rank: int, n: int, group: Any) -> list[dict[str, Any]]:

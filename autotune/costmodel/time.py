@@ -74,6 +74,11 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     be accumulated unsharded); ZeRO-3's 3Ψ. The replica all-reduce follows the last micro-batch and
     shares its backward window. Gradients travel in fp32 when Megatron-style fp32 main
     grads are kept (``grad_buffers='fp32'``) or training is fp32, else in the parameter dtype.
+
+    ZeRO-3 gathers and reduces each layer's parameters separately (FSDP wraps every block, torchtitan;
+    DeepSpeed's stage 3 fetches per module), so its latency term counts once per call: layers of the
+    stage + 1 (embedding, norm and output) calls per collective. Negligible at GPU link latencies of
+    microseconds; not on CPU ranks, where a call costs a millisecond.
     """
     first, last = stage_params(model, L["tp"], L["pp"])
     psi = np.maximum(first, last)
@@ -88,6 +93,7 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     frac = np.minimum(1.0, BUCKET_PARAMS / psi)
     ogr, opg = L["overlap_grad_reduce"], L["overlap_param_gather"]
     replica_ar = all_reduce(psi * gb / n, reps, rep_bw, rep_lat)
+    shard_lat = shard_lat * np.where(zero >= 3, model.layers / L["pp"] + 1.0, 1.0)
     rs = reduce_scatter(psi * gb, n, shard_bw, shard_lat)
     ag = all_gather(psi * pb, n, shard_bw, shard_lat)
     low = _hide(rs + replica_ar, win_bwd, ogr, frac) + _hide(ag, win_fwd, opg, frac)
