@@ -79,6 +79,7 @@ def main() -> None:
     print(f"speed-up:   {(total / vec) / (len(sample) / scalar):,.0f}x")
     for (name, gpus), tps in zip(CASES, best, strict=True):
         print(f"  best fitting layout of {name} on {gpus} GPUs: {tps:,.0f} tokens/s")
+    print(f"RESULT layouts={total} vectorised_per_s={total / vec:.0f} scalar_per_s={len(sample) / scalar:.0f}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ def main() -> None:
         print(f"{k:22s} Kendall tau {e['kendall_tau']:.3f}  median |error| {e['median_abs_rel_error']:.1%}")
     print("repeatability:", json.dumps(out["repeatability"]))
     print("refit fields:", json.dumps({k: round(v, 4) for k, v in out["refit_fields"].items()}))
+    cal, cv = out["microbenchmarks"], out["refit_cross_validated"]
+    print(f"RESULT layouts={out['layouts']} tau={cal['kendall_tau']:.3f} median_err={cal['median_abs_rel_error']:.3f} "
+          f"cv_tau={cv['kendall_tau']:.3f} cv_median_err={cv['median_abs_rel_error']:.3f}")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,10 @@ def main() -> None:
         by = {s: med for (n, s, _, med, _, _) in rows if n == name}
         if "random" in by and "tpe" in by:
             print(f"{name}: random / tpe = {by['random'] / by['tpe']:.1f}x")
-
+    best = {n: min((r[3], r[4]) for r in rows if r[0] == n and r[1] != "random") for n in STUDIES}  # evals, share
+    rand = {n: r[3] for r in rows if r[1] == "random" for n in STUDIES if r[0] == n}
+    print(f"RESULT best_share_max={max(b[1] for b in best.values()):.4f} "
+          f"random_over_best_min={min((rand[n] / best[n][0] for n in rand), default=0):.2f}")
 
 if __name__ == "__main__":
     main()

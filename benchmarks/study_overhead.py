@@ -39,6 +39,8 @@ def main() -> None:
           f"{progress.failed} failed), sampler {args.sampler}")
     print(f"end to end: {wall:.1f} s (target < 60 s); {wall / progress.done * 1000:.1f} ms per trial")
     print(f"storage: {progress.storage_s:.1f} s, {per_trial_ms:.1f} ms per trial (target < 20 ms)")
+    print(f"RESULT trials={progress.done} wall_s={wall:.1f} wall_ms_per_trial={wall / progress.done * 1000:.1f} "
+          f"storage_ms_per_trial={per_trial_ms:.1f}")
 
 
 if __name__ == "__main__":
