@@ -155,7 +155,9 @@ def _run_rank(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp_
         mesh = init_device_mesh("cpu", (cfg.pp, cfg.dp, cfg.cp, cfg.tp), mesh_dim_names=("pp", "dp", "cp", "tp"))
         gmesh = grad_mesh(mesh["dp", "cp"]._flatten("dp_cp"), cfg)
         shard_mesh = gmesh if gmesh.ndim == 1 else gmesh["dp_shard"]
-        with FakeTensorMode() if fake else contextlib.nullcontext(), _private_sharding_fake_mode():
+        # allow_non_fake_inputs: the DeviceMesh keeps its small real rank tensor (FSDP reads it).
+        with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext(), \
+                _private_sharding_fake_mode():
             return _simulate(model, training, cfg, pp_rank, mesh, gmesh, shard_mesh, fused)
     finally:
         dist.destroy_process_group()

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 from torch.distributed.device_mesh import DeviceMesh
@@ -89,7 +90,8 @@ def build_chunks(spec: ModelSpec, cfg: ParallelConfig, *, seq_len: int, precisio
             _apply_tp(chunk, mesh["tp"], cfg.sequence_parallel)
         apply_recompute(chunk, cfg.recompute, cfg.recompute_layers)
         if cfg.zero >= 2:
-            apply_fsdp(chunk, shard_mesh, zero=cfg.zero)
+            with unset_fake_temporarily():  # FSDP over TP computes mesh coordinates on real tensors
+                apply_fsdp(chunk, shard_mesh, zero=cfg.zero)
         chunks.append(chunk)
     return chunks, ids
 
