@@ -14,7 +14,7 @@ threads, the count a measured trial's rank gets) and returns rows of plain data:
   block of repetitions: other processes on a shared host only ever add time.
 - ``comm``: for each group size n, ``all_reduce``, ``all_gather``, ``reduce_scatter`` over ranks 0..n-1
   and, for n = 2, ``p2p`` (ping-pong, half the round trip) over message sizes, while every rank keeps
-  computing (see :func:`_comm`); rank 0's fastest call.
+  computing (see :func:`_comm`); rank 0's median call.
 """
 
 from __future__ import annotations
@@ -148,20 +148,31 @@ def _busy(job: dict[str, Any], dev: Any) -> Callable[[], Any]:
 
 
 def _comm(job: dict[str, Any], dev: Any, rank: int, n: int, group: Any) -> list[dict[str, Any]]:
-    """Collectives of the first ``n`` ranks while every rank keeps computing, as in a training step: a
-    call's time is that of (compute + collective) minus the compute alone. On a node whose cores are
-    shared by more ranks than cores, waiting for a peer that is not scheduled is most of a call."""
+    """Collectives of the first ``n`` ranks while every rank keeps computing, as in a training step:
+    each repetition runs the busy work (untimed) and then times the collective alone, which so includes
+    waiting for peers that are still computing or not scheduled (on a node whose cores are shared by more
+    ranks than cores, most of a call). The median over repetitions is kept: this wait is the quantity."""
     import torch
     import torch.distributed as dist
 
     busy = _busy(job, dev)
-    ops_per_size = 3 + (n == 2)
+    reps = max(5, 2 * int(job["reps"]))
     if rank >= n:  # keep the other ranks' cores as busy as in a step while the group measures
-        for _ in range(len(job["sizes"]) * ops_per_size * (job["reps"] + 2) + 1):
+        for _ in range(len(job["sizes"]) * (3 + (n == 2)) * (reps + 1) + 1):
             busy()
         return []
-    timed = _timer(job["reps"], group=group)
-    alone = timed(busy)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(reps + 1):
+            busy()
+            t0 = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
     rows = []
     for nbytes in job["sizes"]:
         elems = max(n, int(nbytes) // 4 // n * n)
@@ -170,13 +181,11 @@ def _comm(job: dict[str, Any], dev: Any, rank: int, n: int, group: Any) -> list[
                "all_gather": lambda full=full, shard=shard: dist.all_gather_into_tensor(full, shard, group=group),
                "reduce_scatter": lambda full=full, shard=shard: dist.reduce_scatter_tensor(shard, full, group=group)}
         for op, fn in ops.items():
-            sec = timed(lambda fn=fn: (busy(), fn())) - alone
-            rows.append({"kind": "comm", "op": op, "ranks": n, "bytes": 4.0 * elems, "seconds": max(sec, 1e-7)})
+            rows.append({"kind": "comm", "op": op, "ranks": n, "bytes": 4.0 * elems, "seconds": timed(fn)})
         if n == 2:
             peer = 1 - rank
 
             def ping(full: Any = full, peer: int = peer) -> None:
-                busy()
                 if rank == 0:
                     dist.send(full, peer, group=group)
                     dist.recv(full, peer, group=group)
@@ -184,8 +193,7 @@ def _comm(job: dict[str, Any], dev: Any, rank: int, n: int, group: Any) -> list[
                     dist.recv(full, peer, group=group)
                     dist.send(full, peer, group=group)
 
-            sec = (timed(ping) - alone) / 2
-            rows.append({"kind": "comm", "op": "p2p", "ranks": 2, "bytes": 4.0 * elems, "seconds": max(sec, 1e-7)})
+            rows.append({"kind": "comm", "op": "p2p", "ranks": 2, "bytes": 4.0 * elems, "seconds": timed(ping) / 2})
     return rows
 
 
