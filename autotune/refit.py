@@ -110,11 +110,12 @@ def config_of(model: ModelSpec, training: TrainingSpec, gpus: int, layout: dict[
 
 
 def measured_rows(rows: list[EvaluationRecord]) -> list[EvaluationRecord]:
-    """The ``measure`` rows that succeeded with a step time (cache hits of the same layout once)."""
+    """The ``measure`` rows with a step time: ``ok``, and ``pruned`` (stopped early by the pruner, its
+    step time from the steps it ran); a layout measured twice (cache hit) counts once."""
     out, seen = [], set()
     for r in rows:
         step = r.metrics.get("step_time_s")
-        if r.fidelity != "measure" or r.status != "ok" or not step or not np.isfinite(step):
+        if r.fidelity != "measure" or r.status not in ("ok", "pruned") or not step or not np.isfinite(step):
             continue
         key = repr(sorted(r.layout.items()))
         if key not in seen:
