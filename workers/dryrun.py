@@ -11,7 +11,8 @@ How it runs (torchtitan's memory estimator, extended to every dimension of :clas
   backwards of the schedule in order (:func:`~workers.dryrun_parts.schedule_order`) up to the first
   backward after the most micro-batches are in flight, then drains them. Received activations and
   gradients are fake tensors of the p2p shapes. The first and the last pipeline rank are run and the
-  larger total is reported (the worst stage, as the analytic model does).
+  larger total is reported (the worst stage, as the analytic model does). Both are simulated from
+  global rank 0's view of one process group: the stage is set by which chunks are built.
 * The real tensor + sequence parallelism, activation recomputation and FSDP (ZeRO-2/3, HSDP) of
   :mod:`workers.parallel` are applied; logits stay vocabulary-sharded (``loss_parallel``).
   DDP is not wrapped: its buckets are the gradient buffers below (``gradient_as_bucket_view``); ZeRO-1
@@ -143,22 +144,25 @@ def _peak_prefix(order: list[tuple[str, int, int]]) -> list[tuple[str, int, int]
     return order[:cut] + [o for o in order[cut:] if o[0] == "B" and (o[1], o[2]) in done]
 
 
-def _run_rank(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp_rank: int,
-              fused: bool, fake: bool) -> dict[str, Any]:
-    """Peak bytes per category and FLOPs of the first rank of pipeline stage ``pp_rank``."""
-    world, rank = cfg.world, pp_rank * (cfg.world // cfg.pp)
+def _run_ranks(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp_ranks: list[int],
+               fused: bool, fake: bool) -> dict[int, dict[str, Any]]:
+    """Peak bytes per category and FLOPs of each pipeline stage in ``pp_ranks``, from rank 0's view of
+    one process group (the stage is chosen by building its chunks; rank 0 holds full FSDP shards)."""
     if fake:
-        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=cfg.world)
     else:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (cfg.pp, cfg.dp, cfg.cp, cfg.tp), mesh_dim_names=("pp", "dp", "cp", "tp"))
         gmesh = grad_mesh(mesh["dp", "cp"]._flatten("dp_cp"), cfg)
         shard_mesh = gmesh if gmesh.ndim == 1 else gmesh["dp_shard"]
-        # allow_non_fake_inputs: the DeviceMesh keeps its small real rank tensor (FSDP reads it).
-        with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext(), \
-                _private_sharding_fake_mode():
-            return _simulate(model, training, cfg, pp_rank, mesh, gmesh, shard_mesh, fused)
+        runs = {}
+        for r in pp_ranks:
+            # allow_non_fake_inputs: the DeviceMesh keeps its small real rank tensor (FSDP reads it).
+            with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext(), \
+                    _private_sharding_fake_mode():
+                runs[r] = _simulate(model, training, cfg, r, mesh, gmesh, shard_mesh, fused)
+        return runs
     finally:
         dist.destroy_process_group()
 
@@ -201,6 +205,8 @@ def _simulate(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp_
         for op, c, mb in order:
             stage = ids[c]
             if op == "F":
+                for m in chunks[c].modules():  # per-module statistics refuse a module's second forward
+                    tracker.memory_tracking.pop(m, None)
                 x = tokens if stage == 0 else torch.empty(recv, dtype=dtype, requires_grad=True)
                 live[c, mb] = loss(chunks[c](x)) if stage == n_stages - 1 else chunks[c](x)
             else:
@@ -244,7 +250,7 @@ def dry_run(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, *,
     ranks = [0] if cfg.pp == 1 else [0, cfg.pp - 1]
     if kernels not in ("fused", "eager"):
         raise ValueError(f"kernels={kernels!r} must be 'fused' or 'eager'")
-    runs = {r: _run_rank(model, training, cfg, r, kernels == "fused", fake) for r in ranks}
+    runs = _run_ranks(model, training, cfg, ranks, kernels == "fused", fake)
     worst = max(ranks, key=lambda r: runs[r]["memory_bytes"]["total"])
     return {**runs[worst], "worst_stage": worst,
             "stage_totals_bytes": {r: runs[r]["memory_bytes"]["total"] for r in ranks}}
