@@ -51,3 +51,13 @@ def test_four_drivers_on_one_study_stop_at_exactly_the_budget(backend, tmp_path,
     assert all("status" in t.user_attrs for t in trials)
     assert sorted(r.trial for r in rows) == list(range(BUDGET)), "lost or duplicated evaluation rows"
     store.close()
+
+
+def test_postgres_fixture_explains_why_it_cannot_run(monkeypatch) -> None:
+    """Without server binaries and without root, the fixture gets a reason to skip with, not a hang."""
+    from tests.integration import postgres as pg
+
+    monkeypatch.setattr(pg, "_bindir", lambda: None)
+    monkeypatch.setattr(pg.os, "geteuid", lambda: 1000)
+    with pytest.raises(pg.Unavailable, match="missing and cannot be installed"):
+        pg.start()
