@@ -70,7 +70,7 @@ BENCHES = [
         patterns={"within5_pct": r"^total\s+\|err\|.*within 5%:\s*([\d.]+)%"}),
     Bench("fidelity_cpu", [], ["--quick", "--layouts", "8"], [
         Figure("tau", "Kendall tau, predicted vs measured step time (calibrated cpu)", ">=", 0.8, "{:.3f}"),
-        Figure("median_err", "median |relative error| of the step time", "<=", 0.15, "{:.1%}")]),
+        Figure("median_err", "median absolute relative error of the step time", "<=", 0.15, "{:.1%}")]),
     Bench("crash_resume", [], ["--kills", "5"], [
         Figure("crash_kills", "kill -9 points", ">=", 5, "{:.0f}"),
         Figure("crash_violations", "lost, duplicated, unretried or over-budget trials; orphans", "==", 0, "{:.0f}")]),
@@ -137,7 +137,8 @@ def table(results: list[tuple[Bench, dict[str, float], str, float]], quick: bool
             met = "—" if value is None else ("yes" if f.met(value) else "**no**")
             target = f"{f.op} {f.fmt.format(f.target)}"
             run_note = f"{wall:.0f} s" + (f" ({note})" if note else "")
-            rows.append(f"| {bench.name} | {f.label} | {shown} | {target} | {met} | {run_note} |")
+            cells = [bench.name, f.label, shown, target, met, run_note]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join([head, *rows])
 
 
