@@ -38,8 +38,9 @@ class LocalPool:
     def __init__(self, evaluator: str, workers: int, address: str | None = None, task_timeout_s: float = 0.0):
         self.evaluator = evaluator
 
-    def run(self, tasks: Sequence[EvalTask]) -> list[TrialResult]:
-        """Evaluate ``tasks`` in order."""
+    def run(self, tasks: Sequence[EvalTask], on_step: object = None) -> list[TrialResult]:
+        """Evaluate ``tasks`` in order (no per-step reports, like a batched Ray task)."""
+        del on_step
         return evaluate_batch(self.evaluator, list(tasks))
 
     def close(self) -> None:
