@@ -24,6 +24,21 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[-1] if text else ''}"[:500]
 
 
+def _join_ray(address: str | None) -> bool:
+    """Start a local Ray, or join ``address`` / $RAY_ADDRESS, unless Ray is up; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
+                 logging_level="ERROR")
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise AutotuneError(f"ray-address: cannot join Ray at {address!r}: {_short(e)}") from e
+    return True
+
+
 class RayPool:
     """Runs evaluator batches on Ray workers."""
 
@@ -34,14 +49,7 @@ class RayPool:
         self.evaluator = evaluator
         self.workers = workers
         self.task_timeout_s = task_timeout_s
-        self._owns = not ray.is_initialized()
-        if self._owns:
-            address = address or os.environ.get("RAY_ADDRESS")
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=True, logging_level="ERROR")
-            except (ConnectionError, ValueError, RuntimeError) as e:
-                raise AutotuneError(f"ray-address: cannot join Ray at {address!r}: {_short(e)}") from e
+        self._owns = _join_ray(address)
         from workers.registry import evaluate_batch
 
         self._remote = ray.remote(max_retries=0)(evaluate_batch)
@@ -99,14 +107,7 @@ class MeasurePool:
 
         self._ray = ray
         self.workers = workers
-        self._owns = not ray.is_initialized()
-        if self._owns:
-            address = address or os.environ.get("RAY_ADDRESS")
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=True, logging_level="ERROR")
-            except (ConnectionError, ValueError, RuntimeError) as e:
-                raise AutotuneError(f"ray-address: cannot join Ray at {address!r}: {_short(e)}") from e
+        self._owns = _join_ray(address)
 
     def run(self, tasks: Sequence[EvalTask],
             on_step: Callable[[EvalTask], Callable[[int, float], bool]] | None = None) -> list[TrialResult]:
