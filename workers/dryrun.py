@@ -40,8 +40,10 @@ How it runs (torchtitan's memory estimator, extended to every dimension of :clas
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
@@ -238,19 +240,20 @@ def dry_run(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, *,
     reference model as it runs on CPU). ``fake=False`` runs the same step on real tensors in a
     one-rank gloo group (world size 1 only): the measured reference the fake run is checked against.
 
-    Raises :class:`UnsupportedLayout` for context parallelism and RuntimeError when a process group is
-    already initialised in this process.
+    Runs in a spawned child process (its own fake process group). Raises :class:`UnsupportedLayout`
+    for context parallelism.
     """
     if cfg.cp > 1:
         raise UnsupportedLayout("context parallelism is not dry-run (ring attention needs a real backend)")
     if not fake and cfg.world != 1:
         raise ValueError(f"a real (fake=False) run needs world size 1, not {cfg.world}")
-    if dist.is_initialized():
-        raise RuntimeError("dry_run needs a process without an initialised process group")
     ranks = [0] if cfg.pp == 1 else [0, cfg.pp - 1]
     if kernels not in ("fused", "eager"):
         raise ValueError(f"kernels={kernels!r} must be 'fused' or 'eager'")
-    runs = _run_ranks(model, training, cfg, ranks, kernels == "fused", fake)
+    # A fresh process per dry run: torch keeps process-group names in caches that outlive
+    # destroy_process_group, and a later group of equal shape would resolve a destroyed one.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = pool.submit(_run_ranks, model, training, cfg, ranks, kernels == "fused", fake).result()
     worst = max(ranks, key=lambda r: runs[r]["memory_bytes"]["total"])
     return {**runs[worst], "worst_stage": worst,
             "stage_totals_bytes": {r: runs[r]["memory_bytes"]["total"] for r in ranks}}
