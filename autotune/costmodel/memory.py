@@ -20,9 +20,13 @@ GPT) divide by t only with sequence parallelism — Korthikanti's s·b·h·(10 +
 FlashAttention (default) stores no s×s matrices, only a fp32 log-sum-exp (4·a·s·b/t); selective
 recompute drops the core the same way; full recompute keeps only each layer's input (2·s·b·h, /t with
 SP) plus one layer's activations live while it is recomputed. Context parallelism divides s by cp.
-1F1B keeps min(p, m) micro-batches in flight on the first stage (GPipe all m); the interleaved schedule multiplies
+1F1B keeps min(p, m) micro-batches in flight on the first stage and one on the last (GPipe all m on every
+stage, each with its logits on the last); the interleaved schedule multiplies
 the stage's activations by 1 + (p−1)/(p·v) (Korthikanti §4.2.3, Megatron theoretical_memory_usage).
-The last stage adds fp32 logits, 4·s·b·V/t bytes.
+The last stage adds fp32 logits, 4·s·b·V/t bytes, and while the vocab-parallel cross-entropy makes that
+fp32 copy the low-precision logits (2·s·b·V/t, none in fp32 training) are alive too; that moment and a
+fully recomputed layer's re-run (in backward, after the logits are freed) do not coexist, so the stage
+keeps the larger of the two — both found by the fake-tensor dry run (benchmarks/memory_fidelity.py).
 """
 
 from __future__ import annotations
@@ -123,9 +127,12 @@ def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
     tokens = training.seq_len / L["cp"] * L["micro_batch"]
     emb_mask = tokens * model.hidden * (1.0 if model.dropout else 0.0) / np.where(L["sequence_parallel"] > 0,
                                                                                    L["tp"], 1)
-    logits = 4.0 * tokens * model.vocab / L["tp"]
-    first = in_flight * (per_mb + emb_mask) + transient + np.where(pp == 1, logits, 0.0)
-    last = per_mb + transient + logits
+    saved_logits = 4.0 * tokens * model.vocab / L["tp"]
+    logits = saved_logits + (0.0 if training.precision == "fp32" else 2.0) * tokens * model.vocab / L["tp"]
+    with_logits = np.maximum(transient, logits)
+    first = in_flight * (per_mb + emb_mask) + np.where(pp == 1, with_logits, transient)
+    last_in_flight = np.where((L["pp_schedule"] == 1) & (pp > 1), m, 1)
+    last = last_in_flight * per_mb + (last_in_flight - 1) * saved_logits + with_logits
     return first, last
 
 

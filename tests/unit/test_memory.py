@@ -82,15 +82,19 @@ def test_pipeline_in_flight(gpt_small) -> None:
 
 
 def test_full_recompute_keeps_inputs_plus_one_layer(gpt_small) -> None:
+    # The re-run layer (backward) and the logits (fp32 4sV + the bf16 2sV alive while the loss makes its
+    # fp32 copy) are never live together: the stage keeps the larger, here the logits
+    # (6·2048·51200 = 629 MB > sbh·194 = 407 MB).
     t = TrainingSpec(seq_len=2048, global_batch=64, flash_attention=False)
     sbh = 2048 * 1024
-    logits = 4 * 2048 * 51200
+    logits = (4 + 2) * 2048 * 51200
+    assert logits > sbh * (34 + 160)
     L = _layout(gpt_small, t, 1, recompute="full")
     first, _ = activation_bytes(gpt_small, t, L)
-    assert first == pytest.approx(8 * 2 * sbh + sbh + sbh * (34 + 160) + logits)
+    assert first == pytest.approx(8 * 2 * sbh + sbh + logits)
     L = _layout(gpt_small, t, 1, recompute="full", recompute_layers=3)
     first, _ = activation_bytes(gpt_small, t, L)
-    assert first == pytest.approx(3 * 2 * sbh + 5 * sbh * (34 + 160) + sbh + sbh * (34 + 160) + logits)
+    assert first == pytest.approx(3 * 2 * sbh + 5 * sbh * (34 + 160) + sbh + logits)
 
 
 def test_stage_params_place_embeddings(gpt_small) -> None:
@@ -127,3 +131,12 @@ def test_gpipe_keeps_every_micro_batch(gpt_small) -> None:
     one = activation_bytes(gpt_small, t, _layout(gpt_small, t, 4, pp=4))[0]
     gpipe = activation_bytes(gpt_small, t, _layout(gpt_small, t, 4, pp=4, pp_schedule="gpipe"))[0]
     assert gpipe == pytest.approx(one * 64 / 4)
+
+
+def test_gpipe_last_stage_keeps_every_micro_batch_and_its_logits(gpt_small) -> None:
+    # 1F1B's last stage holds one micro-batch; GPipe's holds all m = 64, each with its fp32 logits 4sV.
+    t = TrainingSpec(seq_len=2048, global_batch=64, flash_attention=False)
+    stored, _ = activation_bytes_per_layer(gpt_small, t, _layout(gpt_small, t, 4, pp=4))
+    one = activation_bytes(gpt_small, t, _layout(gpt_small, t, 4, pp=4))[1]
+    gpipe = activation_bytes(gpt_small, t, _layout(gpt_small, t, 4, pp=4, pp_schedule="gpipe"))[1]
+    assert gpipe - one == pytest.approx(63 * (2 * stored + 4 * 2048 * 51200))
