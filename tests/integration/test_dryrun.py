@@ -1,0 +1,88 @@
+"""The dry-run fidelity: fake-tensor peak memory against a real run and against the analytic model,
+attention FLOPs counted, and its evaluator and CLI surfaces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autotune.catalog import get_gpu, get_model
+from autotune.cli import app
+from autotune.config import derive
+from autotune.costmodel.estimate import MEMORY_KEYS
+from autotune.costmodel.flops import iteration_flops, layer_linear_flops, logit_flops
+from autotune.costmodel.layout import layout_scalars
+from autotune.errors import SpecError
+from autotune.spec import TrainingSpec
+from workers.dryrun import dry_run
+from workers.evaluator import EvalTask
+from workers.registry import get_evaluator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from memory_fidelity import GRID, compare  # noqa: E402
+
+TINY = get_model("tiny")
+TRAIN = TrainingSpec(seq_len=256, global_batch=4)
+#: A slice of the fidelity grid: no parallelism, TP+SP with ZeRO-3, a 4-stage 1F1B pipeline.
+SLICE = [GRID[1], GRID[12], GRID[15]]
+
+
+@pytest.mark.parametrize("row", SLICE, ids=lambda r: f"{r[0]}-{r[1]}-" + "-".join(f"{k}{v}" for k, v in r[2].items()))
+def test_analytic_within_5_percent_of_dry_run(row) -> None:
+    result = compare(*row)
+    dry, ana = result["dryrun"]["total"], result["analytic"]["total"]
+    assert abs(ana - dry) / dry <= 0.05, result
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_fake_peak_matches_a_real_run(recompute) -> None:
+    cfg = derive(TINY, TRAIN, 1, recompute=recompute, micro_batch=2)
+    fake = dry_run(TINY, TRAIN, cfg)["memory_bytes"]
+    real = dry_run(TINY, TRAIN, cfg, fake=False)["memory_bytes"]
+    assert abs(fake["total"] - real["total"]) <= 0.10 * real["total"], (fake, real)
+    for key in ("weights", "gradients", "optimizer"):
+        assert fake[key] == real[key]
+
+
+def test_attention_flops_are_counted() -> None:
+    # seq 1024 at h=128: the attention core (4sh per token per layer) outweighs the linear layers.
+    # Flash attention's backward recomputes Q·Kᵀ (2sh per token per layer) on top of the analytic
+    # hardware FLOPs, which count the core's forward once and its backward as twice the forward.
+    t = TrainingSpec(seq_len=1024, global_batch=1)
+    cfg = derive(TINY, t, 1)
+    counted = dry_run(TINY, t, cfg)["flops"]
+    _, hardware = iteration_flops(TINY, t, layout_scalars(cfg))
+    flash_recompute = 1024 * TINY.layers * 2 * 1024 * TINY.hidden
+    assert counted == pytest.approx(float(hardware) + flash_recompute, rel=0.01)
+    without_attention = 3 * 1024 * (TINY.layers * layer_linear_flops(TINY) + logit_flops(TINY))
+    assert counted > 1.5 * without_attention
+
+
+def test_evaluator_reports_memory_keys_and_verdict() -> None:
+    cfg = derive(TINY, TRAIN, 1)
+    task = EvalTask(model=TINY, training=TRAIN, gpu=get_gpu("h100-sxm"), gpus_per_node=8, config=cfg)
+    result = get_evaluator("dryrun").evaluate(task)
+    assert result.status == "ok" and result.fidelity == "dryrun"
+    assert set(result.metrics["memory_gib"]) == set(MEMORY_KEYS)
+    assert result.metrics["fits"] and result.metrics["flops"] > 0
+    cp = derive(TINY, TRAIN, 2, cp=2)
+    unsupported = get_evaluator("dryrun").evaluate(EvalTask(model=TINY, training=TRAIN, gpu=task.gpu,
+                                                            gpus_per_node=8, config=cp))
+    assert unsupported.status == "unsupported" and "context parallelism" in unsupported.reason
+
+
+def test_estimate_cli_dryrun_json() -> None:
+    args = ["estimate", "--model", "tiny", "--gpu", "h100-sxm", "--gpus", "2", "--seq-len", "256",
+            "--global-batch", "4", "--tp", "2", "--sp", "--fidelity", "dryrun", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["fidelity"] == "dryrun" and set(out["memory_gib"]) == set(MEMORY_KEYS)
+    analytic = json.loads(CliRunner().invoke(app, args[:-3] + ["--json"]).output)
+    assert {"memory_gib", "capacity_gib", "fits", "worst_stage"} <= set(analytic) & set(out)
+    bad = CliRunner().invoke(app, args[:-3] + ["--fidelity", "measure"])
+    assert isinstance(bad.exception, SpecError) and "fidelity" in str(bad.exception)
