@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch._guards import active_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, _sharding_prop
@@ -104,13 +105,18 @@ class _FlopCounter(TorchDispatchMode):
         self.formulas = {**flop_counter.flop_registry,
                          **{k: flop_counter.shape_wrapper(v) for k, v in SDPA_FLOPS.items()}}
 
+    def __enter__(self) -> _FlopCounter:
+        self._fake_mode = active_fake_mode()
+        return super().__enter__()
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if any(t is DTensor for t in types):
             return NotImplemented
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         formula = self.formulas.get(func._overloadpacket)
-        if formula is not None:
+        # DTensor's sharding propagation traces global shapes in its own fake mode: not this rank's work.
+        if formula is not None and active_fake_mode() is self._fake_mode:
             self.total += formula(*args, **kwargs, out_val=out)
         return out
 

@@ -60,6 +60,9 @@ def test_attention_flops_are_counted() -> None:
     assert counted == pytest.approx(float(hardware) + flash_recompute, rel=0.01)
     without_attention = 3 * 1024 * (TINY.layers * layer_linear_flops(TINY) + logit_flops(TINY))
     assert counted > 1.5 * without_attention
+    # A tensor-parallel rank does half of every GEMM and attends over half the heads.
+    per_rank = dry_run(TINY, t, derive(TINY, t, 2, tp=2))["flops"]
+    assert per_rank == pytest.approx(counted / 2, rel=0.01)
 
 
 def test_evaluator_reports_memory_keys_and_verdict() -> None:
