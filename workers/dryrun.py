@@ -48,20 +48,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._guards import active_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor, _sharding_prop
+from torch.distributed.tensor import _sharding_prop
 from torch.distributed.tensor.parallel import loss_parallel
 from torch.testing._internal.distributed.fake_pg import FakeStore
-from torch.utils import flop_counter
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from autotune.config import ParallelConfig
 from autotune.costmodel.estimate import MEMORY_KEYS
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 from workers.dryrun_kernels import save_sequence_shards, vocab_parallel_cross_entropy
 from workers.dryrun_parts import (
+    FlopCounter,
     FSDPPeakTracker,
     MixedPrecisionState,
     PeakTracker,
@@ -77,48 +75,6 @@ from workers.parallel.zero import PRECISION_DTYPES
 __all__ = ["dry_run", "dryrun_estimate", "DryRunEvaluator"]
 
 GIB = float(2**30)
-_aten = torch.ops.aten
-
-
-def _sdpa_flops(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return flop_counter.sdpa_flop_count(q, k, v)
-
-
-def _sdpa_backward_flops(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None,
-                         **kwargs: Any) -> int:
-    return flop_counter.sdpa_backward_flop_count(grad, q, k, v)
-
-
-#: Torch's SDPA FLOP counts, registered for the CPU flash kernel the dry run's attention uses.
-SDPA_FLOPS = {
-    _aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops,
-}
-class _FlopCounter(TorchDispatchMode):
-    """Sums torch's FLOP formulas (``flop_counter.flop_registry`` + :data:`SDPA_FLOPS`) over the local
-    ops. Unlike ``FlopCounterMode`` it tracks no modules: its per-module autograd wrappers keep tensors
-    recomputed under activation checkpointing alive, which would distort the memory peak."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-        self.formulas = {**flop_counter.flop_registry,
-                         **{k: flop_counter.shape_wrapper(v) for k, v in SDPA_FLOPS.items()}}
-
-    def __enter__(self) -> _FlopCounter:
-        self._fake_mode = active_fake_mode()
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if any(t is DTensor for t in types):
-            return NotImplemented
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = self.formulas.get(func._overloadpacket)
-        # DTensor's sharding propagation traces global shapes in its own fake mode: not this rank's work.
-        if formula is not None and active_fake_mode() is self._fake_mode:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
 
 
 _CATEGORY = {  # MemTracker / FSDPMemTracker reference type -> memory key
@@ -202,7 +158,7 @@ def _simulate(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp_
         return vocab_parallel_cross_entropy(local(logits), tokens, vocab_start, tp_group)
 
     live: dict[tuple[int, int], torch.Tensor] = {}
-    counter = _FlopCounter()
+    counter = FlopCounter()
     shards = save_sequence_shards(chunks) if fused and cfg.sequence_parallel else contextlib.nullcontext()
     with counter, tracker, vocab_parallel, shards:
         if not fsdp:

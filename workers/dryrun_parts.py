@@ -14,6 +14,7 @@ its schedule runs forwards and backwards, Megatron-style mixed-precision state, 
   hooks that then free the low-precision ``.grad``, and fp32 master weights + Adam moments for this
   rank's 1/N of each parameter (ZeRO-1: an even split as Megatron's distributed optimizer; ZeRO-2/3: the
   FSDP shard itself).
+* :class:`FlopCounter` sums torch's FLOP formulas over this rank's local ops.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._guards import active_fake_mode
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from autotune.config import ParallelConfig
 from autotune.spec import ModelSpec
@@ -37,7 +41,10 @@ from workers.parallel.recompute import apply_recompute
 from workers.parallel.tp import apply_tp
 from workers.parallel.zero import PRECISION_DTYPES, apply_fsdp
 
-__all__ = ["build_chunks", "schedule_order", "MixedPrecisionState", "PeakTracker", "FSDPPeakTracker", "local"]
+__all__ = [
+    "build_chunks", "schedule_order", "MixedPrecisionState", "PeakTracker", "FSDPPeakTracker", "FlopCounter",
+    "SDPA_FLOPS", "local",
+]
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -222,3 +229,47 @@ class PeakTracker(_CheapPeak, MemTracker):
 
 class FSDPPeakTracker(_CheapPeak, FSDPMemTracker):
     """torch's FSDPMemTracker (sharded/unsharded parameters and gradients, collective buffers)."""
+
+
+_aten = torch.ops.aten
+
+
+def _sdpa_flops(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return flop_counter.sdpa_flop_count(q, k, v)
+
+
+def _sdpa_backward_flops(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None,
+                         **kwargs: Any) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad, q, k, v)
+
+
+#: Torch's SDPA FLOP counts, registered for the CPU flash kernel the dry run's attention uses.
+SDPA_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops,
+}
+class FlopCounter(TorchDispatchMode):
+    """Sums torch's FLOP formulas (``flop_counter.flop_registry`` + :data:`SDPA_FLOPS`) over the local
+    ops. Unlike ``FlopCounterMode`` it tracks no modules: its per-module autograd wrappers keep tensors
+    recomputed under activation checkpointing alive, which would distort the memory peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.formulas = {**flop_counter.flop_registry,
+                         **{k: flop_counter.shape_wrapper(v) for k, v in SDPA_FLOPS.items()}}
+
+    def __enter__(self) -> FlopCounter:
+        self._fake_mode = active_fake_mode()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if any(t is DTensor for t in types):
+            return NotImplemented
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.formulas.get(func._overloadpacket)
+        # DTensor's sharding propagation traces global shapes in its own fake mode: not this rank's work.
+        if formula is not None and active_fake_mode() is self._fake_mode:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
