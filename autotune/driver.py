@@ -388,7 +388,8 @@ class Driver:
                           options=self.options.evaluator_options
                           | {"price_per_gpu_hour": p.cluster.price_per_gpu_hour}) for p in todo]
         for p, res in zip(todo, pool.run(tasks, self._step_hook(asked)), strict=True):
-            metrics = dict(res.metrics) | ({"gpus": p.cluster.gpus} if res.metrics else {})
+            metrics = self.with_time(p.cfg, p.cluster, res.metrics) if res.ok else dict(res.metrics)
+            metrics |= {"gpus": p.cluster.gpus} if metrics else {}
             status, reason = res.status, res.reason
             if status == "ok" and metrics.get("pruned"):
                 steps = len(metrics.get("step_times_s", []))
@@ -411,6 +412,16 @@ class Driver:
             if asked[rec.trial].db_id in written:
                 self._count(progress, rec)
         return len(slots)
+
+    def with_time(self, cfg: ParallelConfig, cluster: ClusterSpec, metrics: dict[str, Any]) -> dict[str, Any]:
+        """A result that measured no time (the dry run: exact memory) gets the analytic time figures,
+        marked ``time_fidelity: analytic``; a result with its own step time is returned as it is."""
+        if "step_time_s" in metrics:
+            return dict(metrics)
+        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
+        keys = ("step_time_s", "time_breakdown_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu",
+                "hfu", "training_steps", "training_days", "gpu_hours", "cost")
+        return dict(metrics) | {k: est[k] for k in keys if k in est} | {"time_fidelity": "analytic"}
 
     def _step_hook(self, asked: dict[int, _Asked]) -> Callable[[EvalTask], Callable[[int, float], bool]] | None:
         """Per-step reports of measured trials to the pruner (single-objective studies only)."""
