@@ -35,7 +35,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.utils._python_dispatch import _disable_current_modes
 
-from workers.model import Attention, AttentionCore, FeedForward, _apply_rope
+from workers.model import Attention, AttentionCore, FeedForward
 
 __all__ = ["fuse", "rms_norm", "save_sequence_shards", "swiglu", "vocab_parallel_cross_entropy"]
 
@@ -169,15 +169,8 @@ class _GQACore(AttentionCore):
 
 
 class _GQAAttention(Attention):
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor | None) -> torch.Tensor:
-        b, s, _ = x.shape
-        q = self.wq(x).view(b, s, -1, self.head_dim)
-        k = self.wk(x).view(b, s, -1, self.head_dim)
-        v = self.wv(x).view(b, s, -1, self.head_dim)
-        if freqs is not None:
-            q, k = _apply_rope(q, freqs), _apply_rope(k, freqs)
-        out = self.core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+    def expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return k, v  # the fused kernel reads shared K/V heads in place (enable_gqa)
 
 
 def fuse(chunk: nn.Module) -> nn.Module:

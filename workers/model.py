@@ -72,9 +72,13 @@ class Attention(nn.Module):
         v = self.wv(x).view(b, s, -1, self.head_dim)
         if freqs is not None:
             q, k = _apply_rope(q, freqs), _apply_rope(k, freqs)
-        k, v = k.repeat_interleave(self.n_rep, dim=2), v.repeat_interleave(self.n_rep, dim=2)
+        k, v = self.expand_kv(k, v)
         out = self.core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+    def expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Repeat each key/value head for the query heads that share it (GQA)."""
+        return k.repeat_interleave(self.n_rep, dim=2), v.repeat_interleave(self.n_rep, dim=2)
 
 
 class FeedForward(nn.Module):
