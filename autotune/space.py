@@ -159,9 +159,6 @@ class SearchSpace:
         return SearchSpace(name=self.name, framework=self.framework, dimensions=_join_mesh(dims, gpu_counts),
                            fixed=dict(self.fixed))
 
-    def size_upper_bound(self) -> int:
-        """Product of the choice counts (ignoring conditions)."""
-        return math.prod(len(d.choices) for d in self.dimensions)
 
 
 MESH = ("tp", "pp", "cp")
