@@ -14,7 +14,7 @@ from typing import Any, Literal
 from autotune.errors import InfeasibleConfig
 from autotune.spec import ModelSpec, TrainingSpec
 
-__all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "PP_SCHEDULES", "derive"]
+__all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "PP_SCHEDULES", "DERIVE_KEYS", "derive", "layout_kwargs"]
 
 Recompute = Literal["none", "selective", "full"]
 RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
@@ -81,6 +81,17 @@ class ParallelConfig:
     def key(self) -> tuple[Any, ...]:
         """A hashable identity of the layout."""
         return tuple(self.to_dict().values())
+
+
+#: The keyword arguments of :func:`derive` that a space point can set.
+DERIVE_KEYS: tuple[str, ...] = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute",
+                                "recompute_layers", "sequence_parallel", "pp_schedule", "tp_comm_overlap",
+                                "overlap_grad_reduce", "overlap_param_gather")
+
+
+def layout_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`derive` arguments among ``values`` (a space point or a stored layout)."""
+    return {k: values[k] for k in DERIVE_KEYS if k in values}
 
 
 def _check(cond: bool, msg: str) -> None:

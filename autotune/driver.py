@@ -43,7 +43,7 @@ import optuna
 
 from autotune import __version__
 from autotune.budget import Slot, reserve, usage
-from autotune.config import ParallelConfig, derive
+from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate
 from autotune.costmodel.estimate import COST_MODEL_VERSION
 from autotune.errors import InfeasibleConfig
@@ -69,9 +69,6 @@ STATE_OF: dict[str, TrialState] = {
 #: MedianPruner settings for measured trials (benchmarks/measure_pruning.py replays them).
 PRUNER_STARTUP_TRIALS = 2
 PRUNER_WARMUP_STEPS = 1
-_DERIVE_KEYS = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute", "recompute_layers",
-                "sequence_parallel", "pp_schedule", "tp_comm_overlap", "overlap_grad_reduce",
-                "overlap_param_gather")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,7 +221,7 @@ class Driver:
     def _screen(self, trial: _Asked, params: dict[str, Any]) -> _Pending | EvaluationRecord:
         """Validate and memory-screen one proposal; a rejection is returned as its record."""
         cluster = self._cluster(params["nodes"])
-        kwargs = {k: params[k] for k in _DERIVE_KEYS if k in params}
+        kwargs = layout_kwargs(params)
         layout = dict(params)
         try:
             cfg = derive(self.problem.model, self.problem.training, cluster.gpus, **kwargs)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config import ParallelConfig, derive
+from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate_arrays, layout_arrays
 from autotune.errors import InfeasibleConfig
 from autotune.frameworks import unsupported_reason
@@ -21,8 +21,6 @@ from autotune.space import SearchSpace
 
 __all__ = ["ScoredSpace", "score_space", "point_key"]
 
-_DERIVE = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute", "recompute_layers",
-           "sequence_parallel", "pp_schedule", "tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather")
 
 
 def point_key(params: dict[str, Any]) -> str:
@@ -64,7 +62,7 @@ def score_space(problem: Problem, space: SearchSpace) -> ScoredSpace:
     for point in space.points():
         points.append(_active(space, point))
         try:
-            cfg = derive(problem.model, problem.training, gpus, **{k: point[k] for k in _DERIVE if k in point})
+            cfg = derive(problem.model, problem.training, gpus, **layout_kwargs(point))
         except InfeasibleConfig:
             configs.append(None)
             continue

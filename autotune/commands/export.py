@@ -7,13 +7,12 @@ so the exported batch arithmetic is checked again against the spec.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import typer
 
 from autotune.commands.study import STORAGE_HELP
-from autotune.config import ParallelConfig, derive
+from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.errors import InfeasibleConfig, SpecError, StorageError
 from autotune.export import EXPORTERS, get_exporter, launcher_args
 from autotune.objectives import objective_for
@@ -24,9 +23,8 @@ from autotune.storage import EvaluationRecord, Storage
 
 __all__ = ["export_cmd", "load_layout"]
 
-#: ParallelConfig fields that :func:`derive` takes as arguments (dp and grad_accum are derived).
+#: ParallelConfig fields :func:`derive` computes; the stored values must agree.
 _DERIVED = ("dp", "grad_accum")
-_ARGS = tuple(f.name for f in dataclasses.fields(ParallelConfig) if f.name not in _DERIVED)
 
 
 def _row(store: Storage, study: str, trial: int | None, spec: StudySpec) -> EvaluationRecord:
@@ -60,7 +58,7 @@ def load_layout(store: Storage, study: str, trial: int | None) -> tuple[Problem,
     row = _row(store, study, trial, spec)
     layout = row.layout
     cluster = spec.cluster.model_copy(update={"nodes": layout["nodes"]})
-    cfg = derive(problem.model, problem.training, cluster.gpus, **{k: layout[k] for k in _ARGS if k in layout})
+    cfg = derive(problem.model, problem.training, cluster.gpus, **layout_kwargs(layout))
     stored = {k: layout.get(k) for k in _DERIVED}
     if stored != {k: getattr(cfg, k) for k in _DERIVED}:
         raise InfeasibleConfig(f"trial {row.trial}: stored {stored} disagrees with the spec's "
