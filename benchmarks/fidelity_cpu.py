@@ -8,7 +8,7 @@
    microbenchmark-calibrated profile, and the profile refitted to the measured step times
    (``autotune.refit.fit_measured``) in-sample and 2-fold cross-validated (fit on one half of the
    layouts, score the other). The measurement's own repeatability bounds what any model can reach:
-   τ between the fastest of timed steps 1–2 and of steps 3–4 of the same trials, and the gap between
+   τ between the fastest of the first and of the second half of the timed steps of the same trials, and the gap between
    layouts that are the same program (ZeRO 0 vs 3 at dp = 1).
 Usage: python benchmarks/fidelity_cpu.py [--layouts N] [--quick] [--storage URL] [--cache FILE] [--json]
 """
@@ -57,7 +57,8 @@ def repeatability(rows: list[dict[str, Any]], configs: list[Any]) -> dict[str, f
     """τ between two halves of each trial's timed steps; median gap of same-program pairs."""
     from scipy.stats import kendalltau
 
-    halves = [(min(r["step_times_s"][:2]), min(r["step_times_s"][2:])) for r in rows if len(r["step_times_s"]) >= 4]
+    steps = [r["step_times_s"] for r in rows if len(r["step_times_s"]) >= 4]
+    halves = [(min(s[:len(s) // 2]), min(s[len(s) // 2:])) for s in steps]
     a, b = zip(*halves, strict=True) if halves else ((), ())
     by_key = {layout_key(c): r["step_time_s"] for c, r in zip(configs, rows, strict=True)}
     gaps = []

@@ -1,7 +1,7 @@
 """Measured step times of the tiny model's reference layouts on this machine, cached in a JSON file.
 
 Each layout of ``benchmarks/tiny_cpu_reference.yaml`` (or any list of layouts) is measured once with
-:func:`workers.measure.measure_trial` (4 gloo ranks, ``warmup_steps`` 1, ``steps`` 4) and stored under
+:func:`workers.measure.measure_trial` (4 gloo ranks, ``warmup_steps`` 2, ``steps`` 8) and stored under
 its layout key; later runs read the cache. The step time kept is the *fastest* timed step: on a shared
 2-core machine other processes only ever add time, so the minimum is the least noisy estimate of what
 the layout itself costs (the median is in ``median_s`` too).
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 SPEC = HERE.parent / "search_spaces" / "examples" / "tiny-cpu.yaml"
 REFERENCE_SPACE = HERE / "tiny_cpu_reference.yaml"
 DEFAULT_CACHE = HERE / "tiny_cpu_measured.json"
-MEASURE_OPTIONS = {"warmup_steps": 1, "steps": 4, "seed": 0}
+MEASURE_OPTIONS = {"warmup_steps": 2, "steps": 8, "seed": 0}
 
 
 def reference_problem() -> tuple[StudySpec, Problem]:
@@ -58,9 +58,9 @@ def _derive_kwargs(layout: dict[str, Any]) -> dict[str, Any]:
 
 
 def problem_key(problem: Problem) -> dict[str, Any]:
-    """What a measurement depends on besides the layout: model, training and world size."""
+    """What a measurement depends on besides the layout: model, training, world size and step counts."""
     return {"model": problem.model.model_dump(mode="json"), "training": problem.training.model_dump(mode="json"),
-            "gpus": problem.gpus}
+            "gpus": problem.gpus, "options": MEASURE_OPTIONS}
 
 
 def load_cache(path: Path, problem: Problem) -> dict[str, dict[str, Any]]:

@@ -70,7 +70,9 @@ BENCHES = [
         patterns={"within5_pct": r"^total\s+\|err\|.*within 5%:\s*([\d.]+)%"}),
     Bench("fidelity_cpu", [], ["--quick", "--layouts", "8"], [
         Figure("tau", "Kendall tau, predicted vs measured step time (calibrated cpu)", ">=", 0.8, "{:.3f}"),
-        Figure("median_err", "median absolute relative error of the step time", "<=", 0.15, "{:.1%}")]),
+        Figure("median_err", "median absolute relative error of the step time", "<=", 0.15, "{:.1%}"),
+        Figure("cv_tau", "Kendall tau after a cross-validated refit to measured step times", ">=", 0.8, "{:.3f}"),
+        Figure("cv_median_err", "median error after a cross-validated refit", "<=", 0.15, "{:.1%}")]),
     Bench("crash_resume", [], ["--kills", "5"], [
         Figure("crash_kills", "kill -9 points", ">=", 5, "{:.0f}"),
         Figure("crash_violations", "lost, duplicated, unretried or over-budget trials; orphans", "==", 0, "{:.0f}")]),
