@@ -233,7 +233,7 @@ def render_report(store: Storage, study: str) -> str:
         raise StorageError(f"study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
     spec = parse_spec(saved)
     objective = objective_for(spec)
-    problem = resolve(spec)
+    problem = resolve(spec, storage=store.url)
     report = best_report(store, study, objective, top=TOP - 1)
     rows = store.evaluations(study)
     ok = [r for r in rows if r.status == "ok" and r.metrics.get("fits", True)]

@@ -25,8 +25,13 @@ class Problem:
         return self.cluster.gpus
 
 
-def resolve(spec: StudySpec, gpu: GPUSpec | None = None) -> Problem:
-    """Resolve the model and GPU references of ``spec`` (``gpu`` overrides, e.g. a calibrated profile)."""
+def resolve(spec: StudySpec, gpu: GPUSpec | None = None, storage: str | None = None) -> Problem:
+    """Resolve the model and GPU references of ``spec``: ``gpu`` overrides; else ``cluster.profile``, a
+    calibrated profile stored in the database at ``storage``; else ``cluster.gpu`` from the catalog."""
+    if gpu is None and spec.cluster.profile:
+        from autotune.profiles import load_profile
+
+        gpu = load_profile(spec.cluster.profile, storage)
     return Problem(
         model=resolve_model(spec.model),
         gpu=gpu or resolve_gpu(spec.cluster.gpu),

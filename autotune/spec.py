@@ -175,6 +175,9 @@ class ClusterSpec(_Frozen):
     gpus_per_node: PosInt = Field(8, description="GPUs per node (NVLink domain).")
     nodes: PosInt | list[PosInt] = Field(1, description="Node count, or several for a Pareto study.")
     price_per_gpu_hour: PosFloat | None = Field(None, description="Cost of one GPU-hour (any currency).")
+    profile: str | None = Field(None, description="Stored calibrated profile NAME or NAME@V (`autotune calibrate`) "
+                                "in the study's database, scoring instead of gpu's catalog figures; `submit "
+                                "--profile` pins it here as NAME@V so `resume` scores with the same version.")
 
     @property
     def node_counts(self) -> list[int]:

@@ -105,7 +105,7 @@ def estimate_cmd(
         "training.precision": precision, "training.tokens": tokens,
     })
     data.setdefault("cluster", {}).setdefault("gpu", profile)
-    problem = resolve(parse_spec(data), gpu=load_profile(profile, storage) if profile else None)
+    problem = resolve(parse_spec(data), gpu=load_profile(profile, storage) if profile else None, storage=storage)
     cfg = derive(problem.model, problem.training, problem.gpus, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero,
                  dp_shard=dp_shard, micro_batch=micro_batch, recompute=recompute,
                  recompute_layers=recompute_layers, sequence_parallel=sp)

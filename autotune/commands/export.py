@@ -54,7 +54,7 @@ def load_layout(store: Storage, study: str, trial: int | None) -> tuple[Problem,
     if saved is None:
         raise StorageError(f"study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
     spec = parse_spec(saved)
-    problem = resolve(spec)
+    problem = resolve(spec, storage=store.url)
     row = _row(store, study, trial, spec)
     layout = row.layout
     cluster = spec.cluster.model_copy(update={"nodes": layout["nodes"]})

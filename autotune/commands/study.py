@@ -94,7 +94,12 @@ def submit_cmd(
         "name": name, "search.n_trials": n_trials, "search.timeout_s": timeout, "search.sampler": sampler,
         "search.evaluator": evaluator, "search.workers": workers, "search.seed": seed})
     study_spec = parse_spec(data)
-    problem = resolve(study_spec, gpu=load_profile(profile, storage) if profile else None)
+    ref = profile or study_spec.cluster.profile
+    gpu = load_profile(ref, storage) if ref else None
+    if gpu is not None:  # pin the exact version in the stored spec, for resume, report and export
+        study_spec = study_spec.model_copy(update={"cluster": study_spec.cluster.model_copy(
+            update={"profile": gpu.name})})
+    problem = resolve(study_spec, gpu=gpu)
     load_space(study_spec.search.space)
     objective_for(study_spec)
     from workers.registry import EVALUATORS
@@ -134,7 +139,7 @@ def resume_cmd(
         if value is not None:
             saved.setdefault("search", {})[key] = value
     study_spec = parse_spec(saved)
-    driver = Driver(study_spec, store, _options(study_spec, ray_address, True))
+    driver = Driver(study_spec, store, _options(study_spec, ray_address, True), resolve(study_spec, storage=store.url))
     ostudy = driver.open(create=False)
     start = time.monotonic()
     progress = _run(driver, ostudy, quiet or json_out)

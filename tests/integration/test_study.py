@@ -142,3 +142,24 @@ def test_bad_spec_exits_2_and_leaves_db_unchanged(tmp_path, edit, field) -> None
     assert proc.stderr.startswith(f"error: {field}") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
     assert sha(db_path) == before
+
+
+def test_submit_profile_is_pinned_for_resume(tmp_path, ray_local, cli) -> None:
+    """`submit --profile NAME` stores NAME@V in the spec; `resume` scores with that version, not a newer
+    one: with a 1 GiB profile no llama3-8b layout on 8 GPUs fits (its weights alone are >= 2 GiB a rank)."""
+    from autotune.profiles import ProfileStore
+
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    profiles = ProfileStore(Storage(db))
+    profiles.add("small", get_gpu("h100-sxm").model_copy(update={"memory_gib": 1.0}), "h100-sxm", {})
+    spec = write_spec(tmp_path, "pinned", sampler="random", n_trials=20)
+    code, _, err = cli(["submit", str(spec), "--storage", db, "--quiet", "--profile", "small"])
+    assert code == 0, err
+    assert Storage(db).study_spec("pinned")["cluster"]["profile"] == "small@1"
+    profiles.add("small", get_gpu("h100-sxm"), "h100-sxm", {})  # a newer version that fits everything
+    code, _, err = cli(["resume", "pinned", "--storage", db, "--n-trials", "40", "--quiet"])
+    assert code == 0, err
+    rows = Storage(db).evaluations("pinned")
+    assert len({r.trial for r in rows}) == 40
+    assert not [r for r in rows if r.status == "ok"]
+    assert sum(r.reason_kind == "memory" for r in rows) > 10
