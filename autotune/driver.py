@@ -1,14 +1,11 @@
 """The study driver: a thin Optuna ask/tell loop that dispatches layouts to Ray workers.
 
-Per asked trial: space point -> :func:`derive` (invalid -> PRUNED, reason stored, never dispatched) ->
-framework capability table (unsupported -> PRUNED) -> analytic memory screen (over capacity ->
-COMPLETE with the estimate and a positive constraint, so constrained samplers learn; never
-dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity and cost-model
-version -> reuse) -> Ray worker -> :class:`TrialResult` -> tell + one evaluation row. The driver is the
-only DB writer. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported/pruned -> PRUNED;
-crash/timeout/nan/error -> FAIL. Measured trials report each timed step's throughput to a
-MedianPruner (2 start-up trials, 1 warm-up step; benchmarks/measure_pruning.py), which stops a
-layout clearly slower than the median of earlier trials at the same step.
+Each asked trial is screened, recorded and told by :class:`autotune.trial_outcome.TrialOutcomes`; the
+screened trials the evaluation cache does not answer go to the workers (:mod:`autotune.dispatch`) as
+one batch per step. The driver is the only DB writer.
+Measured trials report each timed step's throughput to a MedianPruner (2 start-up trials, 1 warm-up
+step; benchmarks/measure_pruning.py), which stops a layout clearly slower than the median of earlier
+trials at the same step.
 
 Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history on every suggest,
 which over an RDB costs tens of milliseconds per parameter); every trial is mirrored into the study
@@ -29,98 +26,36 @@ crash retries the dead driver's trials and reaches the budget.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from autotune import __version__
 from autotune.budget import Slot, reserve, usage
-from autotune.config import ParallelConfig, derive, layout_kwargs
-from autotune.costmodel import estimate
+from autotune.config import ParallelConfig
 from autotune.costmodel.estimate import COST_MODEL_VERSION
-from autotune.errors import InfeasibleConfig
-from autotune.frameworks import unsupported_reason
-from autotune.mirror import FinishedTrial, record_finished
+from autotune.mirror import record_finished
 from autotune.objectives import Objective, objective_for
 from autotune.resolve import Problem, resolve
-from autotune.samplers import CONSTRAINT, make_sampler
+from autotune.run_options import Progress, RunOptions
+from autotune.samplers import make_sampler
 from autotune.space import SearchSpace, load_space
 from autotune.spec import ClusterSpec, StudySpec
 from autotune.storage import HEARTBEAT_S, EvaluationRecord, Storage
+from autotune.trial_outcome import STATE_OF, Asked, Pending, TrialOutcomes
 from workers.evaluator import EvalTask
 
 __all__ = ["RunOptions", "Progress", "Driver", "STATE_OF"]
 
 TrialState = optuna.trial.TrialState
-#: Typed outcome -> Optuna state.
-STATE_OF: dict[str, TrialState] = {
-    "ok": TrialState.COMPLETE, "oom": TrialState.PRUNED, "infeasible": TrialState.PRUNED,
-    "unsupported": TrialState.PRUNED, "crash": TrialState.FAIL, "timeout": TrialState.FAIL,
-    "nan": TrialState.FAIL, "error": TrialState.FAIL, "pruned": TrialState.PRUNED,
-}
 #: MedianPruner settings for measured trials (benchmarks/measure_pruning.py replays them).
 PRUNER_STARTUP_TRIALS = 2
 PRUNER_WARMUP_STEPS = 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """How to run a study (spec values after CLI overrides)."""
-
-    n_trials: int
-    timeout_s: float | None = None
-    sampler: str = "tpe"
-    evaluator: str = "analytic"
-    workers: int = 2
-    seed: int | None = None
-    ray_address: str | None = None
-    use_cache: bool = True
-    batch: int = 16
-    task_timeout_s: float = 600.0
-    evaluator_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Progress:
-    """What the progress bar shows."""
-
-    done: int = 0
-    total: int = 0
-    best: float | None = None
-    infeasible: int = 0
-    cached: int = 0
-    failed: int = 0
-    storage_s: float = 0.0
-    """Seconds spent reading and writing the database (Optuna mirror, evaluation rows, cache look-ups)."""
-
-
-@dataclass
-class _Asked:
-    """A trial asked on the in-memory study and its RUNNING mirror in the DB study."""
-
-    mem: optuna.trial.Trial
-    db_id: int
-    number: int
-    """The DB trial number (the one users see)."""
-    claimed: bool
-    """Re-queued trial claimed from WAITING whose DB row already has params."""
-
-
-@dataclass
-class _Pending:
-    trial: _Asked
-    params: dict[str, Any]
-    cfg: ParallelConfig
-    cluster: ClusterSpec
-    key: str
 
 
 def _fail_stale(study: optuna.Study) -> None:
@@ -128,11 +63,6 @@ def _fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():  # Optuna marks heartbeat helpers experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-
-
-def reason_kind(reason: str) -> str:
-    """A reason with its numbers blanked, to group similar rejections."""
-    return re.sub(r"\d+(\.\d+)?", "N", reason)[:200]
 
 
 class Driver:
@@ -150,6 +80,7 @@ class Driver:
             layers=m.layers, heads=m.heads, seq_len=t.seq_len, global_batch=t.global_batch,
             gpu_counts=[n * spec.cluster.gpus_per_node for n in self.node_counts])
         self.fidelity = options.evaluator
+        self.outcomes = TrialOutcomes(spec, self.problem, self.objective, self.space, options)
         self._sampler = make_sampler(options.sampler, options.seed, self.objective.multi)
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
@@ -186,7 +117,7 @@ class Driver:
         if new:
             self._mem.add_trials(new)
 
-    def _ask(self, slot: Slot, progress: Progress) -> tuple[_Asked, dict[str, Any]]:
+    def _ask(self, slot: Slot, progress: Progress) -> tuple[Asked, dict[str, Any]]:
         """Ask the sampler for a reserved DB trial (a claimed one with params replays them)."""
         t0 = time.perf_counter()
         params = self.storage.optuna().get_trial(slot.trial_id).params if slot.claimed else {}
@@ -195,20 +126,7 @@ class Driver:
             self._mem.enqueue_trial(params, skip_if_exists=False)
         mem = self._mem.ask()
         self._seen.add(slot.number)
-        return _Asked(mem=mem, db_id=slot.trial_id, number=slot.number, claimed=bool(params)), self._propose(mem)
-
-    # one trial -----------------------------------------------------------------------------------
-    def _cluster(self, nodes: int) -> ClusterSpec:
-        return self.spec.cluster.model_copy(update={"nodes": nodes})
-
-    def _cache_key(self, cfg: ParallelConfig, cluster: ClusterSpec) -> str:
-        blob = json.dumps({
-            "model": self.problem.model.model_dump(mode="json"), "gpu": self.problem.gpu.model_dump(mode="json"),
-            "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes, "price": cluster.price_per_gpu_hour,
-            "training": self.problem.training.model_dump(mode="json"), "layout": cfg.to_dict(),
-            "fidelity": self.fidelity, "cost_model": COST_MODEL_VERSION, "options": self.options.evaluator_options,
-        }, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return Asked(mem=mem, db_id=slot.trial_id, number=slot.number, claimed=bool(params)), self._propose(mem)
 
     def _propose(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         params = self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)))
@@ -217,62 +135,6 @@ class Driver:
         else:
             params["nodes"] = self.node_counts[0]
         return params
-
-    def _screen(self, trial: _Asked, params: dict[str, Any]) -> _Pending | EvaluationRecord:
-        """Validate and memory-screen one proposal; a rejection is returned as its record."""
-        cluster = self._cluster(params["nodes"])
-        kwargs = layout_kwargs(params)
-        layout = dict(params)
-        try:
-            cfg = derive(self.problem.model, self.problem.training, cluster.gpus, **kwargs)
-        except InfeasibleConfig as e:
-            return self._record(trial, layout, "infeasible", {}, reason=str(e))
-        layout = cfg.to_dict() | {"nodes": cluster.nodes}
-        if self.space.framework != "any":
-            why = unsupported_reason(self.space.framework, cfg, self.problem.training)
-            if why:
-                return self._record(trial, layout, "unsupported", {}, reason=why)
-        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
-        est["gpus"] = cluster.gpus
-        if not est["fits"]:
-            reason = f"memory: {est['memory_gib']['total']:.1f} GiB > {est['capacity_gib']:.1f} GiB usable"
-            return self._record(trial, layout, "infeasible", est, reason=reason, kind="memory")
-        return _Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster))
-
-    def _record(self, trial: _Asked, layout: dict[str, Any], status: str, metrics: dict[str, Any],
-                *, reason: str | None = None, kind: str | None = None, fidelity: str = "analytic",
-                wall_s: float = 0.0, host: str = "", key: str | None = None,
-                cached: bool = False) -> EvaluationRecord:
-        value = None
-        if status == "ok" or (kind == "memory" and metrics):
-            value = self.objective.values(metrics)[0]
-        return EvaluationRecord(
-            study=self.spec.name, trial=trial.number, fidelity=fidelity, layout=layout, metrics=metrics,
-            status=status, reason=reason, reason_kind=kind or (reason_kind(reason) if reason else None),
-            value=value, wall_s=wall_s, host=host, cache_key=key, cached=cached)
-
-    def _tell(self, trial: _Asked, rec: EvaluationRecord) -> FinishedTrial:
-        """Tell the in-memory study; return what to write for the DB trial."""
-        m = rec.metrics
-        attrs: dict[str, Any] = {"status": rec.status, "fidelity": rec.fidelity, "layout": rec.layout}
-        if rec.reason:
-            attrs["reason"] = rec.reason
-        if m:
-            attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
-                      "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
-            trial.mem.set_constraint(CONSTRAINT, m["memory_gib"]["total"] - m["capacity_gib"])
-        memory_rejected = rec.status == "infeasible" and rec.reason_kind == "memory"
-        values = self.objective.values(m) if rec.status == "ok" or memory_rejected else None
-        state = TrialState.COMPLETE if values is not None else STATE_OF[rec.status]
-        if values is not None:
-            self._mem.tell(trial.mem, values, skip_if_finished=True)
-        else:
-            self._mem.tell(trial.mem, state=state, skip_if_finished=True)
-        frozen = self._mem._storage.get_trial(trial.mem._trial_id)
-        system = {k: v for k, v in frozen.system_attrs.items() if k.startswith("constraints")}
-        return FinishedTrial(trial_id=trial.db_id, state=state, values=values, params=frozen.params,
-                             distributions=frozen.distributions, user_attrs=attrs, system_attrs=system,
-                             write_params=not trial.claimed)
 
     # loop ----------------------------------------------------------------------------------------
     def _grid_queue(self, study: optuna.Study) -> list[dict[str, Any]]:
@@ -361,41 +223,28 @@ class Driver:
         t0 = time.perf_counter()
         slots = reserve(self.storage.optuna(), study._study_id, self.options.n_trials, k)
         progress.storage_s += time.perf_counter() - t0
-        asked: dict[int, _Asked] = {}
+        asked: dict[int, Asked] = {}
         done: list[EvaluationRecord] = []
-        pending: list[_Pending] = []
+        pending: list[Pending] = []
         for slot in slots:
             trial, params = self._ask(slot, progress)
             asked[trial.number] = trial
             with self._lock:
                 self._in_flight.add(trial.db_id)
-            out = self._screen(trial, params)
-            (pending if isinstance(out, _Pending) else done).append(out)
+            out = self.outcomes.screen(trial, params)
+            (pending if isinstance(out, Pending) else done).append(out)
         t0 = time.perf_counter()
         hits = self.storage.cached([p.key for p in pending]) if self.options.use_cache else {}
         progress.storage_s += time.perf_counter() - t0
         todo = [p for p in pending if p.key not in hits]
-        for p in pending:
-            if p.key in hits:
-                c = hits[p.key]
-                done.append(self._record(p.trial, c.layout, c.status, c.metrics, reason=c.reason,
-                                         fidelity=c.fidelity, host=c.host, key=p.key, cached=True))
+        done += [self.outcomes.from_cache(p, hits[p.key]) for p in pending if p.key in hits]
         tasks = [EvalTask(model=self.problem.model, training=self.problem.training, gpu=self.problem.gpu,
                           gpus_per_node=p.cluster.gpus_per_node, config=p.cfg, trial=p.trial.number,
                           options=self.options.evaluator_options
                           | {"price_per_gpu_hour": p.cluster.price_per_gpu_hour}) for p in todo]
         for p, res in zip(todo, pool.run(tasks, self._step_hook(asked)), strict=True):
-            metrics = self.with_time(p.cfg, p.cluster, res.metrics) if res.ok else dict(res.metrics)
-            metrics |= {"gpus": p.cluster.gpus} if metrics else {}
-            status, reason = res.status, res.reason
-            if status == "ok" and metrics.get("pruned"):
-                steps = len(metrics.get("step_times_s", []))
-                status, reason = "pruned", (f"pruned after {steps} timed step(s): tokens/s below the median of "
-                                            "earlier trials at that step (MedianPruner)")
-            done.append(self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, status, metrics,
-                                     reason=reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
-                                     key=None if status == "pruned" else p.key))
-        finished = [self._tell(asked[rec.trial], rec) for rec in done]
+            done.append(self.outcomes.from_result(p, res))
+        finished = [self.outcomes.tell(self._mem, asked[rec.trial], rec) for rec in done]
         t0 = time.perf_counter()
 
         def rows(session: Any, written: set[int]) -> None:
@@ -411,16 +260,10 @@ class Driver:
         return len(slots)
 
     def with_time(self, cfg: ParallelConfig, cluster: ClusterSpec, metrics: dict[str, Any]) -> dict[str, Any]:
-        """A result that measured no time (the dry run: exact memory) gets the analytic time figures,
-        marked ``time_fidelity: analytic``; a result with its own step time is returned as it is."""
-        if "step_time_s" in metrics:
-            return dict(metrics)
-        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
-        keys = ("step_time_s", "time_breakdown_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu",
-                "hfu", "training_steps", "training_days", "gpu_hours", "cost")
-        return dict(metrics) | {k: est[k] for k in keys if k in est} | {"time_fidelity": "analytic"}
+        """``metrics`` with the analytic time figures if it measured none (:meth:`TrialOutcomes.with_time`)."""
+        return self.outcomes.with_time(cfg, cluster, metrics)
 
-    def _step_hook(self, asked: dict[int, _Asked]) -> Callable[[EvalTask], Callable[[int, float], bool]] | None:
+    def _step_hook(self, asked: dict[int, Asked]) -> Callable[[EvalTask], Callable[[int, float], bool]] | None:
         """Per-step reports of measured trials to the pruner (single-objective studies only)."""
         if self.objective.multi:
             return None

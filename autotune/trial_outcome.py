@@ -1,0 +1,183 @@
+"""One asked trial's outcome: screened before dispatch, recorded as an evaluation row, told to the sampler.
+
+Per asked trial: space point -> :func:`derive` (invalid -> PRUNED, reason stored, never dispatched) ->
+framework capability table (unsupported -> PRUNED) -> analytic memory screen (over capacity ->
+COMPLETE with the estimate and a positive constraint, so constrained samplers learn; never
+dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity and cost-model
+version -> reuse) -> Ray worker (dispatched by :mod:`autotune.driver`) -> :class:`TrialResult` ->
+tell + one evaluation row. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported/pruned
+-> PRUNED; crash/timeout/nan/error -> FAIL. A measured trial the pruner stopped is recorded as
+``pruned`` and never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from autotune.config import ParallelConfig, derive, layout_kwargs
+from autotune.costmodel import estimate
+from autotune.costmodel.estimate import COST_MODEL_VERSION
+from autotune.errors import InfeasibleConfig
+from autotune.frameworks import unsupported_reason
+from autotune.mirror import FinishedTrial
+from autotune.objectives import Objective
+from autotune.resolve import Problem
+from autotune.run_options import RunOptions
+from autotune.samplers import CONSTRAINT
+from autotune.space import SearchSpace
+from autotune.spec import ClusterSpec, StudySpec
+from autotune.storage import EvaluationRecord
+from workers.evaluator import TrialResult
+
+__all__ = ["STATE_OF", "Asked", "Pending", "TrialOutcomes", "reason_kind"]
+
+TrialState = optuna.trial.TrialState
+#: Typed outcome -> Optuna state.
+STATE_OF: dict[str, TrialState] = {
+    "ok": TrialState.COMPLETE, "oom": TrialState.PRUNED, "infeasible": TrialState.PRUNED,
+    "unsupported": TrialState.PRUNED, "crash": TrialState.FAIL, "timeout": TrialState.FAIL,
+    "nan": TrialState.FAIL, "error": TrialState.FAIL, "pruned": TrialState.PRUNED,
+}
+
+
+@dataclass
+class Asked:
+    """A trial asked on the in-memory study and its RUNNING mirror in the DB study."""
+
+    mem: optuna.trial.Trial
+    db_id: int
+    number: int
+    """The DB trial number (the one users see)."""
+    claimed: bool
+    """Re-queued trial claimed from WAITING whose DB row already has params."""
+
+
+@dataclass
+class Pending:
+    """A trial that passed the screen: its layout, cluster and evaluation-cache key, to be evaluated."""
+
+    trial: Asked
+    params: dict[str, Any]
+    cfg: ParallelConfig
+    cluster: ClusterSpec
+    key: str
+
+
+def reason_kind(reason: str) -> str:
+    """A reason with its numbers blanked, to group similar rejections."""
+    return re.sub(r"\d+(\.\d+)?", "N", reason)[:200]
+
+
+class TrialOutcomes:
+    """Screens one study's proposals and turns each outcome into its evaluation row and its sampler tell."""
+
+    def __init__(self, spec: StudySpec, problem: Problem, objective: Objective, space: SearchSpace,
+                 options: RunOptions):
+        self.spec = spec
+        self.problem = problem
+        self.objective = objective
+        self.space = space
+        self.options = options
+        self.fidelity = options.evaluator
+
+    def _cluster(self, nodes: int) -> ClusterSpec:
+        return self.spec.cluster.model_copy(update={"nodes": nodes})
+
+    def _cache_key(self, cfg: ParallelConfig, cluster: ClusterSpec) -> str:
+        blob = json.dumps({
+            "model": self.problem.model.model_dump(mode="json"), "gpu": self.problem.gpu.model_dump(mode="json"),
+            "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes, "price": cluster.price_per_gpu_hour,
+            "training": self.problem.training.model_dump(mode="json"), "layout": cfg.to_dict(),
+            "fidelity": self.fidelity, "cost_model": COST_MODEL_VERSION, "options": self.options.evaluator_options,
+        }, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def screen(self, trial: Asked, params: dict[str, Any]) -> Pending | EvaluationRecord:
+        """Validate and memory-screen one proposal; a rejection is returned as its record."""
+        cluster = self._cluster(params["nodes"])
+        kwargs = layout_kwargs(params)
+        layout = dict(params)
+        try:
+            cfg = derive(self.problem.model, self.problem.training, cluster.gpus, **kwargs)
+        except InfeasibleConfig as e:
+            return self._record(trial, layout, "infeasible", {}, reason=str(e))
+        layout = cfg.to_dict() | {"nodes": cluster.nodes}
+        if self.space.framework != "any":
+            why = unsupported_reason(self.space.framework, cfg, self.problem.training)
+            if why:
+                return self._record(trial, layout, "unsupported", {}, reason=why)
+        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
+        est["gpus"] = cluster.gpus
+        if not est["fits"]:
+            reason = f"memory: {est['memory_gib']['total']:.1f} GiB > {est['capacity_gib']:.1f} GiB usable"
+            return self._record(trial, layout, "infeasible", est, reason=reason, kind="memory")
+        return Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster))
+
+    def from_cache(self, p: Pending, hit: EvaluationRecord) -> EvaluationRecord:
+        """The record of a screened trial whose evaluation is reused from the cache."""
+        return self._record(p.trial, hit.layout, hit.status, hit.metrics, reason=hit.reason, fidelity=hit.fidelity,
+                            host=hit.host, key=p.key, cached=True)
+
+    def from_result(self, p: Pending, res: TrialResult) -> EvaluationRecord:
+        """The record of a worker's result (a measured trial the pruner stopped becomes ``pruned``)."""
+        metrics = self.with_time(p.cfg, p.cluster, res.metrics) if res.ok else dict(res.metrics)
+        metrics |= {"gpus": p.cluster.gpus} if metrics else {}
+        status, reason = res.status, res.reason
+        if status == "ok" and metrics.get("pruned"):
+            steps = len(metrics.get("step_times_s", []))
+            status, reason = "pruned", (f"pruned after {steps} timed step(s): tokens/s below the median of "
+                                        "earlier trials at that step (MedianPruner)")
+        return self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, status, metrics,
+                            reason=reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
+                            key=None if status == "pruned" else p.key)
+
+    def _record(self, trial: Asked, layout: dict[str, Any], status: str, metrics: dict[str, Any],
+                *, reason: str | None = None, kind: str | None = None, fidelity: str = "analytic",
+                wall_s: float = 0.0, host: str = "", key: str | None = None,
+                cached: bool = False) -> EvaluationRecord:
+        value = None
+        if status == "ok" or (kind == "memory" and metrics):
+            value = self.objective.values(metrics)[0]
+        return EvaluationRecord(
+            study=self.spec.name, trial=trial.number, fidelity=fidelity, layout=layout, metrics=metrics,
+            status=status, reason=reason, reason_kind=kind or (reason_kind(reason) if reason else None),
+            value=value, wall_s=wall_s, host=host, cache_key=key, cached=cached)
+
+    def tell(self, mem: optuna.Study, trial: Asked, rec: EvaluationRecord) -> FinishedTrial:
+        """Tell the in-memory study ``mem``; return what to write for the DB trial."""
+        m = rec.metrics
+        attrs: dict[str, Any] = {"status": rec.status, "fidelity": rec.fidelity, "layout": rec.layout}
+        if rec.reason:
+            attrs["reason"] = rec.reason
+        if m:
+            attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
+                      "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
+            trial.mem.set_constraint(CONSTRAINT, m["memory_gib"]["total"] - m["capacity_gib"])
+        memory_rejected = rec.status == "infeasible" and rec.reason_kind == "memory"
+        values = self.objective.values(m) if rec.status == "ok" or memory_rejected else None
+        state = TrialState.COMPLETE if values is not None else STATE_OF[rec.status]
+        if values is not None:
+            mem.tell(trial.mem, values, skip_if_finished=True)
+        else:
+            mem.tell(trial.mem, state=state, skip_if_finished=True)
+        frozen = mem._storage.get_trial(trial.mem._trial_id)
+        system = {k: v for k, v in frozen.system_attrs.items() if k.startswith("constraints")}
+        return FinishedTrial(trial_id=trial.db_id, state=state, values=values, params=frozen.params,
+                             distributions=frozen.distributions, user_attrs=attrs, system_attrs=system,
+                             write_params=not trial.claimed)
+
+    def with_time(self, cfg: ParallelConfig, cluster: ClusterSpec, metrics: dict[str, Any]) -> dict[str, Any]:
+        """A result that measured no time (the dry run: exact memory) gets the analytic time figures,
+        marked ``time_fidelity: analytic``; a result with its own step time is returned as it is."""
+        if "step_time_s" in metrics:
+            return dict(metrics)
+        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
+        keys = ("step_time_s", "time_breakdown_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu",
+                "hfu", "training_steps", "training_days", "gpu_hours", "cost")
+        return dict(metrics) | {k: est[k] for k in keys if k in est} | {"time_fidelity": "analytic"}
