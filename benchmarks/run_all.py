@@ -68,7 +68,7 @@ BENCHES = [
     Bench("memory_fidelity", [], ["--limit", "10"], [
         Figure("within5_pct", "layouts with analytic total within 5 % of the dry run, %", ">=", 95, "{:.1f}")],
         patterns={"within5_pct": r"^total\s+\|err\|.*within 5%:\s*([\d.]+)%"}),
-    Bench("fidelity_cpu", [], ["--quick", "--layouts", "8"], [
+    Bench("fidelity_cpu", [], ["--quick"], [
         Figure("tau", "Kendall tau, predicted vs measured step time (calibrated cpu)", ">=", 0.8, "{:.3f}"),
         Figure("median_err", "median absolute relative error of the step time", "<=", 0.15, "{:.1%}"),
         Figure("cv_tau", "Kendall tau after a cross-validated refit to measured step times", ">=", 0.8, "{:.3f}"),
