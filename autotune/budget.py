@@ -14,6 +14,7 @@ any moment leaves only trials that go stale after the grace period.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import optuna
 from optuna.storages._rdb import models
 from sqlalchemy import and_, exists, func, or_, select, update
 
-__all__ = ["Slot", "RECORDED_ATTR", "reserve", "usage"]
+__all__ = ["Slot", "RECORDED_ATTR", "reserve", "usage", "requeue_orphans"]
 
 TrialState = optuna.trial.TrialState
 RECORDED_ATTR = "status"
@@ -89,3 +90,29 @@ def reserve(storage: optuna.storages.RDBStorage, study_id: int, budget: int, k: 
         raise
     finally:
         storage.scoped_session.remove()
+
+
+def requeue_orphans(study: optuna.Study, min_age_s: float) -> tuple[int, float]:
+    """Re-queue heartbeat-failed trials that were never re-queued; returns how many, and the seconds
+    until the youngest orphan left alone (failed less than ``min_age_s`` ago) is old enough (0 if none).
+
+    Optuna's ``fail_stale_trials`` fails the stale trials first and only then runs the retry callback
+    for each: a driver killed between the two leaves failed trials that no one retries. Here a
+    heartbeat-failed trial (FAIL without the driver's ``status``) that failed more than ``min_age_s``
+    ago (a live driver re-queues within milliseconds of failing) and that no trial's retry history ends
+    with is handed to the same callback, which also enforces its ``max_retry``.
+    """
+    callback = study._storage.get_heartbeat_stale_trial_callback()
+    if callback is None:
+        return 0, 0.0
+    trials = study.get_trials(deepcopy=False)
+    copied = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    now = dt.datetime.now()
+    ages = {t.number: (now - t.datetime_complete).total_seconds() for t in trials
+            if t.state == TrialState.FAIL and RECORDED_ATTR not in t.user_attrs and t.number not in copied
+            and t.datetime_complete is not None}
+    orphans = [t for t in trials if ages.get(t.number, -1.0) >= min_age_s]
+    for t in orphans:
+        callback(study, copy.deepcopy(t))
+    young = [min_age_s - a for a in ages.values() if a < min_age_s]
+    return len(orphans), max(young, default=0.0)

@@ -36,7 +36,7 @@ from typing import Any
 import optuna
 
 from autotune import __version__
-from autotune.budget import Slot, reserve, usage
+from autotune.budget import Slot, requeue_orphans, reserve, usage
 from autotune.config import ParallelConfig
 from autotune.costmodel.estimate import COST_MODEL_VERSION
 from autotune.mirror import record_finished
@@ -58,11 +58,17 @@ PRUNER_STARTUP_TRIALS = 2
 PRUNER_WARMUP_STEPS = 1
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    """Fail (and re-queue) trials whose heartbeat is older than the grace period."""
+def _fail_stale(study: optuna.Study, settle: bool = False) -> None:
+    """Fail (and re-queue) trials whose heartbeat is older than the grace period, and re-queue those a
+    killed driver failed without re-queuing (:func:`autotune.budget.requeue_orphans`); with ``settle``,
+    wait (at most HEARTBEAT_S) for orphans too recent to tell from a live driver's, and re-queue them."""
     with warnings.catch_warnings():  # Optuna marks heartbeat helpers experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+        _, wait_s = requeue_orphans(study, min_age_s=HEARTBEAT_S)
+        if settle and wait_s > 0:
+            time.sleep(wait_s)
+            requeue_orphans(study, min_age_s=HEARTBEAT_S)
 
 
 class Driver:
@@ -100,7 +106,7 @@ class Driver:
                                    COST_MODEL_VERSION)
         else:
             study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=recorder)
-            _fail_stale(study)
+            _fail_stale(study, settle=True)
         pruner = None if self.objective.multi else optuna.pruners.MedianPruner(
             n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_STEPS)
         self._mem = optuna.create_study(directions=directions, sampler=self._sampler, pruner=pruner)
