@@ -37,7 +37,6 @@ import optuna
 
 from autotune import __version__
 from autotune.budget import Slot, requeue_orphans, reserve, usage
-from autotune.config import ParallelConfig
 from autotune.costmodel.estimate import COST_MODEL_VERSION
 from autotune.mirror import record_finished
 from autotune.objectives import Objective, objective_for
@@ -45,7 +44,7 @@ from autotune.resolve import Problem, resolve
 from autotune.run_options import Progress, RunOptions
 from autotune.samplers import make_sampler
 from autotune.space import SearchSpace, load_space
-from autotune.spec import ClusterSpec, StudySpec
+from autotune.spec import StudySpec
 from autotune.storage import HEARTBEAT_S, EvaluationRecord, Storage
 from autotune.trial_outcome import STATE_OF, Asked, Pending, TrialOutcomes
 from workers.evaluator import EvalTask
@@ -78,7 +77,7 @@ class Driver:
         self.spec = spec
         self.storage = storage
         self.options = options
-        self.problem = problem or resolve(spec)
+        self.problem = problem or resolve(spec, storage=storage.url)
         self.objective: Objective = objective_for(spec)
         self.node_counts = spec.cluster.node_counts
         m, t = self.problem.model, self.problem.training
@@ -264,10 +263,6 @@ class Driver:
             if asked[rec.trial].db_id in written:
                 self._count(progress, rec)
         return len(slots)
-
-    def with_time(self, cfg: ParallelConfig, cluster: ClusterSpec, metrics: dict[str, Any]) -> dict[str, Any]:
-        """``metrics`` with the analytic time figures if it measured none (:meth:`TrialOutcomes.with_time`)."""
-        return self.outcomes.with_time(cfg, cluster, metrics)
 
     def _step_hook(self, asked: dict[int, Asked]) -> Callable[[EvalTask], Callable[[int, float], bool]] | None:
         """Per-step reports of measured trials to the pruner (single-objective studies only)."""

@@ -65,7 +65,7 @@ def _middle_stage(driver: Driver, fidelity: str, ranked: list[Any], top_k: int) 
         pool.close()
     rows, kept = [], []
     for (params, cfg, _), res in zip(chosen, results, strict=True):
-        metrics = driver.with_time(cfg, p.cluster, res.metrics) if res.ok else dict(res.metrics)
+        metrics = driver.outcomes.with_time(cfg, p.cluster, res.metrics) if res.ok else dict(res.metrics)
         rows.append(EvaluationRecord(
             study=driver.spec.name, trial=-1, fidelity=fidelity, layout=cfg.to_dict() | {"nodes": p.cluster.nodes},
             metrics=metrics, status=res.status, reason=res.reason, wall_s=res.wall_s, host=res.host,

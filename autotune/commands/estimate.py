@@ -11,7 +11,6 @@ import typer
 from autotune.config import derive
 from autotune.costmodel import estimate
 from autotune.errors import SpecError
-from autotune.profiles import load_profile
 from autotune.render import print_estimate
 from autotune.resolve import resolve
 from autotune.spec import parse_spec, read_mapping
@@ -102,10 +101,10 @@ def estimate_cmd(
     data = spec_with_overrides(spec, {
         "model": model, "cluster.gpu": gpu, "gpus": gpus, "cluster.gpus_per_node": gpus_per_node,
         "training.seq_len": seq_len, "training.global_batch": global_batch,
-        "training.precision": precision, "training.tokens": tokens,
+        "training.precision": precision, "training.tokens": tokens, "cluster.profile": profile,
     })
     data.setdefault("cluster", {}).setdefault("gpu", profile)
-    problem = resolve(parse_spec(data), gpu=load_profile(profile, storage) if profile else None, storage=storage)
+    problem = resolve(parse_spec(data), storage=storage)
     cfg = derive(problem.model, problem.training, problem.gpus, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero,
                  dp_shard=dp_shard, micro_batch=micro_batch, recompute=recompute,
                  recompute_layers=recompute_layers, sequence_parallel=sp)

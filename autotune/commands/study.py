@@ -139,7 +139,7 @@ def resume_cmd(
         if value is not None:
             saved.setdefault("search", {})[key] = value
     study_spec = parse_spec(saved)
-    driver = Driver(study_spec, store, _options(study_spec, ray_address, True), resolve(study_spec, storage=store.url))
+    driver = Driver(study_spec, store, _options(study_spec, ray_address, True))
     ostudy = driver.open(create=False)
     start = time.monotonic()
     progress = _run(driver, ostudy, quiet or json_out)
