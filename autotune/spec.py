@@ -154,6 +154,14 @@ class GPUSpec(_Frozen):
             " dominates a small model on CPU ranks. Fitted by `autotune calibrate`."
         ),
     )
+    tp_layer_overhead_us: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description=(
+            "Extra host-side cost per layer per micro-batch, forward + backward, when tp > 1 (the tensor-"
+            "parallel modules' own dispatch: DTensor sharding propagation and redistribution, microseconds)."
+            " 0 for GPU profiles; fitted by `autotune calibrate` from tensor-parallel training steps."
+        ),
+    )
     overhead_gib: Annotated[float, Field(ge=0)] = Field(
         1.5, description="CUDA context, communicator buffers and workspace per rank, GiB."
     )

@@ -12,11 +12,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from autotune.calibrate import fit_profile, plan_jobs
+from autotune.calibrate_steps import STEP_OPTIONS, fit_steps, step_layouts, step_training
 from autotune.catalog import get_model, resolve_gpu
 from autotune.errors import AutotuneError, SpecError, StorageError
 from autotune.profiles import ProfileStore, parse_ref, to_yaml
 from autotune.refit import config_of, fit_measured, measured_rows
-from autotune.render import console
+from autotune.render import console, layout_summary
 from autotune.resolve import resolve
 from autotune.spec import GPUSpec, parse_spec
 from autotune.storage import Storage
@@ -70,6 +71,36 @@ def _microbenchmarks(gpus_per_node: int, quick: bool, threads: int, ray_address:
     return rows, info
 
 
+def _training_steps(gpu: GPUSpec, info: dict[str, Any], quick: bool, quiet: bool) -> tuple[GPUSpec, dict[str, Any]]:
+    """Measure the calibration layouts (:mod:`autotune.calibrate_steps`) on the benchmark's ranks and
+    fit the per-layer and per-collective host costs to them."""
+    from workers.evaluator import EvalTask
+    from workers.measure import measure_trial
+
+    model, ranks = get_model(LAYER_MODEL), info["ranks"]
+    training = step_training(info["device"], ranks)
+    configs = step_layouts(model, training, ranks, quick)
+    options = STEP_OPTIONS["quick" if quick else "full"]
+    done: list[tuple[Any, float]] = []
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False, disable=quiet) as bar:
+        task = bar.add_task("training steps", total=len(configs))
+        for cfg in configs:
+            bar.update(task, description=f"training steps: {layout_summary(cfg.to_dict())}")
+            res = measure_trial(EvalTask(model=model, training=training, gpu=gpu, gpus_per_node=ranks, config=cfg,
+                                         options=dict(options)))
+            if res.status == "ok" and res.metrics.get("step_times_s"):
+                done.append((cfg, min(res.metrics["step_times_s"])))
+            bar.advance(task)
+    if not done:
+        raise AutotuneError(f"calibrate: none of the {len(configs)} calibration layouts ran a training step "
+                            "(see `autotune calibrate --no-steps` to keep the microbenchmark figures)")
+    gpu, report = fit_steps(gpu, model, training, ranks, [c for c, _ in done], [s for _, s in done])
+    return gpu, report | {"model": LAYER_MODEL, "training": training.model_dump(mode="json"), "options": options,
+                          "failed": len(configs) - len(done)}
+
+
 def _from_study(store: Storage, study: str, base: GPUSpec) -> tuple[GPUSpec, dict[str, Any]]:
     """Refit ``base`` to the measured trials of ``study``."""
     saved = store.study_spec(study)
@@ -107,6 +138,12 @@ def _print_fit(profile: Any, source: dict[str, Any]) -> None:
                   f"{f['elementwise_bytes_per_token_hidden']:.1f}, layer_overhead_us {f['layer_overhead_us']:.0f}")
     console.print(f"  intra_node_gbps {f['intra_node_gbps']:.3f}, intra_node_latency_us "
                   f"{f['intra_node_latency_us']:.1f}; inter-node: {source['device']['inter_node']}")
+    steps = source.get("steps")
+    if steps:
+        fitted = ", ".join(f"{k} {v['before']:.4g} -> {v['after']:.4g}" for k, v in steps["fields"].items())
+        before, after = (steps[k]["median_abs_rel_error"] for k in ("before", "after"))
+        console.print(f"  training steps ({len(steps['layouts'])} layouts of {steps['model']}): {fitted}; "
+                      f"median |error| {before:.1%} -> {after:.1%}")
 
 
 def calibrate_cmd(
@@ -117,15 +154,18 @@ def calibrate_cmd(
                                                                        "instead of running microbenchmarks."),
     gpus_per_node: int = typer.Option(4, min=1, help="Ranks per node to benchmark (compute contention, groups)."),
     threads: int = typer.Option(1, min=1, help="CPU: torch threads per rank (a measured trial's rank runs 1)."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer shapes and sizes in one job (under a minute on CPU)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer shapes, sizes and calibration layouts "
+                                                       "(about a minute on CPU)."),
+    steps: bool = typer.Option(True, "--steps/--no-steps", help="Fit the per-layer and per-collective host "
+                                                                "costs to real training steps of small layouts."),
     ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the stored profile and fit report as JSON."),
 ) -> None:
     """Fit a hardware profile (GEMM curve, memory bandwidth, per-layer overhead, link alpha/beta) to
-    microbenchmarks on the Ray workers' devices, or to a study's measured step times, and store it as
-    the next version of NAME."""
+    microbenchmarks and a few real training steps on the Ray workers' devices, or to a study's measured
+    step times, and store it as the next version of NAME."""
     store = Storage(storage)
     profiles = ProfileStore(store)
     if from_study is not None:
@@ -139,8 +179,10 @@ def calibrate_cmd(
         start = time.monotonic()
         rows, info = _microbenchmarks(gpus_per_node, quick, threads, ray_address, quiet or json_out)
         gpu, report = fit_profile(base_gpu, rows, info["device"])
-        source = {"kind": "microbenchmarks", "device": info, "wall_s": time.monotonic() - start, "fit": report,
-                  "data": rows}
+        source = {"kind": "microbenchmarks", "device": info, "fit": report, "data": rows}
+        if steps:
+            gpu, source["steps"] = _training_steps(gpu, info, quick, quiet or json_out)
+        source["wall_s"] = time.monotonic() - start
     profile_name = name or parse_ref(base_ref.rsplit("/", 1)[-1].removesuffix(".yaml"))[0]
     profile = profiles.add(profile_name, gpu, base_ref, source)
     if json_out:

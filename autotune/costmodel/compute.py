@@ -32,9 +32,11 @@ write 2 + mask 1) add 9 bytes per score (4 without dropout), a·s scores per tok
 the scores never leave on-chip memory and causal masking skips half of the core's tiles.
 
 Host overhead: ``GPUSpec.layer_overhead_us`` per layer per micro-batch (forward + backward) is the
-fixed cost of issuing a layer's operators (Python, dispatcher, autograd). GPU kernels are queued
-asynchronously ahead of the device, so datasheet profiles leave it 0; on CPU ranks, where each operator
-runs in the issuing thread, a small model spends most of its step there (``autotune calibrate`` fits it).
+fixed cost of issuing a layer's operators (Python, dispatcher, autograd), plus
+``GPUSpec.tp_layer_overhead_us`` when tp > 1 (the tensor-parallel modules' own dispatch). GPU kernels are
+queued asynchronously ahead of the device, so datasheet profiles leave both 0; on CPU ranks, where each
+operator runs in the issuing thread, a small model spends most of its step there (``autotune calibrate``
+fits them).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, 
     elementwise = tokens * gpu.elementwise_bytes_per_token_hidden * model.hidden * scale * dtype / 2.0 / hbm
     per_score = 0.0 if training.flash_attention else (9.0 if model.dropout else 4.0) * dtype / 2.0
     softmax = tokens * per_score * model.heads * s / tp / hbm
-    overhead = gpu.layer_overhead_us * 1e-6 / 3.0
+    overhead = (gpu.layer_overhead_us + np.where(tp > 1, gpu.tp_layer_overhead_us, 0.0)) * 1e-6 / 3.0
     return {"linear": linear, "core": core, "elementwise": elementwise, "softmax": softmax, "overhead": overhead}
 
 
