@@ -1,15 +1,16 @@
 """Analytic vs measured step times of the tiny model at world size 4 on this machine's CPU.
 
-1. ``autotune calibrate --name cpu`` (microbenchmarks, ``--quick`` optional) into ``--storage``.
+1. ``autotune calibrate --name cpu`` (microbenchmarks, then training steps of the calibration layouts:
+   64 tokens, none of them a reference layout; ``--quick`` optional) into ``--storage``.
 2. The reference layouts (``benchmarks/tiny_cpu_reference.yaml``: dp, ZeRO 0/3, TP+SP, PP, full
    recompute, micro-batch 1/2; 32 layouts) measured with ``workers.measure.measure_trial``, cached in
    ``--cache`` (``benchmarks/measured_set.py``).
 3. Kendall τ and median |relative error| of the predictions of: the catalog ``cpu`` profile, the
-   microbenchmark-calibrated profile, and the profile refitted to the measured step times
-   (``autotune.refit.fit_measured``) in-sample and 2-fold cross-validated (fit on one half of the
-   layouts, score the other). The measurement's own repeatability bounds what any model can reach:
-   τ between the fastest of the first and of the second half of the timed steps of the same trials, and the gap between
-   layouts that are the same program (ZeRO 0 vs 3 at dp = 1).
+   calibrated profile (out of sample: fitted on none of these layouts), and the profile refitted to the
+   measured step times (``autotune.refit.fit_measured``) in-sample and 2-fold cross-validated (fit on
+   one half of the layouts, score the other). The measurement's own repeatability bounds what any model
+   can reach: τ between the fastest of the first and of the second half of the timed steps of the same
+   trials, and the gap between layouts that are the same program (ZeRO 0 vs 3 at dp = 1).
 Usage: python benchmarks/fidelity_cpu.py [--layouts N] [--quick] [--storage URL] [--cache FILE] [--json]
 """
 
@@ -86,7 +87,7 @@ def run(n_layouts: int, quick: bool, storage: str, cache: Path) -> dict[str, Any
     out: dict[str, Any] = {"layouts": len(configs), "calibrate_s": calib_s, "profile": gpu.name,
                            "profile_fields": gpu.model_dump(mode="json")}
     out["catalog"] = error_metrics(predict(m, t, get_gpu("cpu"), 4, configs), meas)
-    out["microbenchmarks"] = error_metrics(predict(m, t, gpu, 4, configs), meas)
+    out["calibrated"] = error_metrics(predict(m, t, gpu, 4, configs), meas)
     refit, report = fit_measured(m, t, 4, configs, meas, gpu)
     out["refit_in_sample"] = report["after"]
     out["refit_fields"] = {k: v["after"] for k, v in report["fields"].items()}
@@ -99,7 +100,7 @@ def run(n_layouts: int, quick: bool, storage: str, cache: Path) -> dict[str, Any
     out["refit_cross_validated"] = error_metrics(pred, meas)
     out["repeatability"] = repeatability(rows, configs)
     out["rows"] = [{"layout": f"tp{c.tp} pp{c.pp} dp{c.dp} zero{c.zero} mb{c.micro_batch} ga{c.grad_accum} "
-                              f"{c.recompute}", "measured_s": float(x), "microbench_s": float(a), "refit_s": float(b)}
+                              f"{c.recompute}", "measured_s": float(x), "calibrated_s": float(a), "refit_s": float(b)}
                    for c, x, a, b in zip(configs, meas, predict(m, t, gpu, 4, configs),
                                          predict(m, t, refit, 4, configs), strict=True)]
     return out
@@ -119,15 +120,15 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         return
     for r in out["rows"]:
-        print(f"{r['layout']:42s} measured {r['measured_s']:.3f} s  microbench {r['microbench_s']:.3f}  "
+        print(f"{r['layout']:42s} measured {r['measured_s']:.3f} s  calibrated {r['calibrated_s']:.3f}  "
               f"refit {r['refit_s']:.3f}")
     print(f"{out['layouts']} layouts, calibrate {out['calibrate_s']:.0f} s, profile {out['profile']}")
-    for k in ("catalog", "microbenchmarks", "refit_in_sample", "refit_cross_validated"):
+    for k in ("catalog", "calibrated", "refit_in_sample", "refit_cross_validated"):
         e = out[k]
         print(f"{k:22s} Kendall tau {e['kendall_tau']:.3f}  median |error| {e['median_abs_rel_error']:.1%}")
     print("repeatability:", json.dumps(out["repeatability"]))
     print("refit fields:", json.dumps({k: round(v, 4) for k, v in out["refit_fields"].items()}))
-    cal, cv = out["microbenchmarks"], out["refit_cross_validated"]
+    cal, cv = out["calibrated"], out["refit_cross_validated"]
     print(f"RESULT layouts={out['layouts']} tau={cal['kendall_tau']:.3f} median_err={cal['median_abs_rel_error']:.3f} "
           f"cv_tau={cv['kendall_tau']:.3f} cv_median_err={cv['median_abs_rel_error']:.3f}")
 

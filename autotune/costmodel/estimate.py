@@ -16,7 +16,7 @@ __all__ = ["estimate", "estimate_arrays", "MEMORY_KEYS", "TIME_KEYS", "COST_MODE
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "other", "total")
 TIME_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p", "dp_comm_exposed", "optimizer")
 #: Bumped whenever a formula changes, so cached evaluations of an older model are not reused.
-COST_MODEL_VERSION = "3"
+COST_MODEL_VERSION = "4"
 
 
 def estimate_arrays(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_node: int,

@@ -1,6 +1,7 @@
 """End to end on this machine: ``autotune calibrate --quick`` (microbenchmarks on a Ray worker, 4 gloo
-ranks), 8 reference layouts of the tiny model measured fresh with ``workers.measure``, and the
-calibrated analytic model ranks them (Kendall τ >= 0.6); refitting to those step times lowers the error."""
+ranks, then training steps of 4 calibration layouts), 8 reference layouts of the tiny model measured
+fresh with ``workers.measure``, and the calibrated analytic model ranks them (Kendall τ >= 0.6);
+refitting to those step times lowers the error."""
 
 from __future__ import annotations
 
@@ -20,5 +21,5 @@ def test_calibrated_model_ranks_measured_layouts(tmp_path) -> None:
     out = run(8, True, f"sqlite:///{tmp_path / 'cal.db'}", tmp_path / "measured.json")
     assert out["layouts"] >= 8
     assert out["profile"] == "cpu@1" and out["profile_fields"]["layer_overhead_us"] > 0
-    assert out["microbenchmarks"]["kendall_tau"] >= 0.6, out
-    assert out["refit_in_sample"]["median_abs_rel_error"] < out["microbenchmarks"]["median_abs_rel_error"]
+    assert out["calibrated"]["kendall_tau"] >= 0.6, out
+    assert out["refit_in_sample"]["median_abs_rel_error"] < out["calibrated"]["median_abs_rel_error"]
