@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -25,6 +26,7 @@ from autotune.storage import Storage
 __all__ = ["calibrate_cmd", "profiles_app"]
 
 STORAGE_HELP = "SQLAlchemy URL [default: $AUTOTUNE_STORAGE or sqlite:///autotune.db]."
+T = TypeVar("T")
 #: The model whose transformer block the ``layer`` microbenchmark runs (the fixed per-layer host cost).
 LAYER_MODEL = "tiny"
 
@@ -36,6 +38,18 @@ def _base_gpu(ref: str, profiles: ProfileStore) -> GPUSpec:
         if any(p["name"] == name for p in profiles.list()):
             return profiles.get(ref).gpu()
     return resolve_gpu(ref)
+
+
+def _each(items: list[T], label: Callable[[T], str], quiet: bool) -> Iterator[T]:
+    """Yield ``items`` one by one under a Rich progress bar showing ``label(item)``."""
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False, disable=quiet) as bar:
+        task = bar.add_task("calibrate", total=len(items))
+        for item in items:
+            bar.update(task, description=label(item))
+            yield item
+            bar.advance(task)
 
 
 def _microbenchmarks(gpus_per_node: int, quick: bool, threads: int, ray_address: str | None,
@@ -57,14 +71,8 @@ def _microbenchmarks(gpus_per_node: int, quick: bool, threads: int, ray_address:
                      model=get_model(LAYER_MODEL).model_dump(mode="json"))
     remote = ray.remote(num_cpus=0, num_gpus=ranks if info["device"] == "cuda" else 0, max_retries=0)(run_job)
     rows: list[dict[str, Any]] = []
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False, disable=quiet) as bar:
-        task = bar.add_task("calibrate", total=len(jobs))
-        for job in jobs:
-            bar.update(task, description=f"{job['name']} on {ranks} {info['device']} ranks")
-            rows += ray.get(remote.remote(job))
-            bar.advance(task)
+    for job in _each(jobs, lambda j: f"{j['name']} on {ranks} {info['device']} ranks", quiet):
+        rows += ray.get(remote.remote(job))
     info |= {"ranks": ranks, "threads_per_rank": threads if info["device"] == "cpu" else None, "nodes": nodes,
              "quick": quick, "inter_node": f"not measured ({nodes} Ray node{'s' if nodes > 1 else ''}; the "
              "benchmark ranks are processes of one node): inter_node_gbps/latency are the base profile's"}
@@ -82,23 +90,20 @@ def _training_steps(gpu: GPUSpec, info: dict[str, Any], quick: bool, quiet: bool
     configs = step_layouts(model, training, ranks, quick)
     options = STEP_OPTIONS["quick" if quick else "full"]
     done: list[tuple[Any, float]] = []
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False, disable=quiet) as bar:
-        task = bar.add_task("training steps", total=len(configs))
-        for cfg in configs:
-            bar.update(task, description=f"training steps: {layout_summary(cfg.to_dict())}")
-            res = measure_trial(EvalTask(model=model, training=training, gpu=gpu, gpus_per_node=ranks, config=cfg,
-                                         options=dict(options)))
-            if res.status == "ok" and res.metrics.get("step_times_s"):
-                done.append((cfg, min(res.metrics["step_times_s"])))
-            bar.advance(task)
+    failed: list[str] = []
+    for cfg in _each(configs, lambda c: f"training steps: {layout_summary(c.to_dict())}", quiet):
+        res = measure_trial(EvalTask(model=model, training=training, gpu=gpu, gpus_per_node=ranks, config=cfg,
+                                     options=dict(options)))
+        if res.status == "ok" and res.metrics.get("step_times_s"):
+            done.append((cfg, min(res.metrics["step_times_s"])))
+        else:
+            failed.append(f"{res.status}: {res.reason}")
     if not done:
         raise AutotuneError(f"calibrate: none of the {len(configs)} calibration layouts ran a training step "
-                            "(see `autotune calibrate --no-steps` to keep the microbenchmark figures)")
+                            f"(first: {failed[0]}); `--no-steps` keeps the microbenchmark figures")
     gpu, report = fit_steps(gpu, model, training, ranks, [c for c, _ in done], [s for _, s in done])
     return gpu, report | {"model": LAYER_MODEL, "training": training.model_dump(mode="json"), "options": options,
-                          "failed": len(configs) - len(done)}
+                          "failed": failed}
 
 
 def _from_study(store: Storage, study: str, base: GPUSpec) -> tuple[GPUSpec, dict[str, Any]]:
