@@ -13,13 +13,14 @@ then fits only the three host costs the microbenchmarks cannot see — ``layer_o
 ``intra_node_latency_us`` and ``tp_layer_overhead_us`` — with :func:`autotune.refit.fit_measured`, every
 other field staying as the microbenchmarks set it. The layouts separate them: data parallel (the
 per-layer cost, one gradient all-reduce per bucket), ZeRO-3 (collectives per layer: the latency),
-tensor + sequence parallel (the tensor-parallel modules' dispatch), pipeline (half the layers per rank)
-and, in the full set, full recompute (a second forward) and tensor + pipeline parallel.
+tensor + sequence parallel (the tensor-parallel modules' dispatch), pipeline (half the layers per rank),
+tensor + pipeline parallel and, in the full set, full recompute (a second forward).
 
-On this machine (4 gloo ranks) the quick set moved the microbenchmark profile's median error on the 32
-reference layouts of ``benchmarks/fidelity_cpu.py`` (tiny model, 128 tokens: none of them measured
-here) from 56 % to 12 %, Kendall τ 0.87 to 0.90; fitting only the first two fields left 28 %, since
-tensor parallelism's cost on CPU is DTensor's dispatch (16 ms per layer), not its collectives.
+On this machine (4 gloo ranks) the training steps moved the profile's median error on the 32 reference
+layouts of ``benchmarks/fidelity_cpu.py`` (tiny model, 128 tokens: none of them measured here) from
+31-69 % (microbenchmarks alone) to 10.6-11.6 % (full set) and 12.9-14.3 % (quick set), Kendall τ 0.87
+to 0.89; fitting only the first two fields left 28 %, since tensor parallelism's cost on CPU is
+DTensor's dispatch (10-33 ms per layer), not its collectives.
 """
 
 from __future__ import annotations
@@ -36,19 +37,19 @@ __all__ = ["STEP_FIELDS", "STEP_OPTIONS", "STEP_LAYOUTS", "step_training", "step
 
 STEP_FIELDS = ["layer_overhead_us", "intra_node_latency_us", "tp_layer_overhead_us"]
 """The profile fields the training steps set (everything else comes from the microbenchmarks)."""
-STEP_OPTIONS = {"quick": {"warmup_steps": 1, "steps": 3, "seed": 0},
-                "full": {"warmup_steps": 2, "steps": 5, "seed": 0}}
-"""``measure_trial`` options per calibration mode; the fastest timed step is kept (on a shared host other
-processes only ever add time)."""
+STEP_OPTIONS = {"warmup_steps": 2, "steps": 5, "seed": 0}
+"""``measure_trial`` options of each calibration layout; the fastest timed step is kept (on a shared host
+other processes only ever add time). A set-up of several seconds dominates a trial either way."""
 STEP_LAYOUTS: list[dict[str, Any]] = [
     {},
     {"pp": 2},
     {"tp": 2, "sequence_parallel": True},
     {"zero": 3},
-    {"recompute": "full"},
     {"tp": 2, "sequence_parallel": True, "pp": 2},
+    {"recompute": "full"},
 ]
-"""Layout arguments of :func:`autotune.config.derive`, in order of use (``--quick`` takes the first 4)."""
+"""Layout arguments of :func:`autotune.config.derive`, in order of use (``--quick`` takes the first 5:
+with a single tensor-parallel layout the quick fit over-predicted TP 2 × PP 2 by 30–57 %)."""
 
 
 def step_training(device: str, ranks: int) -> TrainingSpec:
@@ -59,7 +60,7 @@ def step_training(device: str, ranks: int) -> TrainingSpec:
 def step_layouts(model: ModelSpec, training: TrainingSpec, ranks: int, quick: bool) -> list[ParallelConfig]:
     """The valid calibration layouts on ``ranks`` ranks (on one rank only plain data parallel is left)."""
     out: list[ParallelConfig] = []
-    for kwargs in STEP_LAYOUTS[:4] if quick else STEP_LAYOUTS:
+    for kwargs in STEP_LAYOUTS[:5] if quick else STEP_LAYOUTS:
         try:
             cfg = derive(model, training, ranks, **kwargs)
         except InfeasibleConfig:

@@ -88,7 +88,7 @@ def _training_steps(gpu: GPUSpec, info: dict[str, Any], quick: bool, quiet: bool
     model, ranks = get_model(LAYER_MODEL), info["ranks"]
     training = step_training(info["device"], ranks)
     configs = step_layouts(model, training, ranks, quick)
-    options = STEP_OPTIONS["quick" if quick else "full"]
+    options = dict(STEP_OPTIONS)
     done: list[tuple[Any, float]] = []
     failed: list[str] = []
     for cfg in _each(configs, lambda c: f"training steps: {layout_summary(c.to_dict())}", quiet):

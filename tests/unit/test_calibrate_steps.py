@@ -25,7 +25,8 @@ def test_tp_layer_overhead_adds_per_layer_per_micro_batch_only_with_tp() -> None
 def test_calibration_layouts_cover_each_fitted_cost() -> None:
     model = get_model("tiny")
     quick = step_layouts(model, step_training("cpu", 4), 4, quick=True)
-    assert [(c.tp, c.pp, c.dp, c.zero) for c in quick] == [(1, 1, 4, 0), (1, 2, 2, 0), (2, 1, 2, 0), (1, 1, 4, 3)]
+    assert [(c.tp, c.pp, c.dp, c.zero) for c in quick] == [(1, 1, 4, 0), (1, 2, 2, 0), (2, 1, 2, 0), (1, 1, 4, 3),
+                                                           (2, 2, 1, 0)]
     full = step_layouts(model, step_training("cpu", 4), 4, quick=False)
     assert len(full) == 6 and any(c.recompute == "full" for c in full)
     assert all(c.world == 1 and c.tp == 1 for c in step_layouts(model, step_training("cpu", 1), 1, quick=False))
