@@ -60,18 +60,26 @@ class Asked:
 
 @dataclass
 class Pending:
-    """A trial that passed the screen: its layout, cluster and evaluation-cache key, to be evaluated."""
+    """A trial that passed the screen: its layout, cluster, evaluation-cache key and the screen's analytic
+    estimate, to be evaluated."""
 
     trial: Asked
     params: dict[str, Any]
     cfg: ParallelConfig
     cluster: ClusterSpec
     key: str
+    estimate: dict[str, Any]
 
 
 def reason_kind(reason: str) -> str:
     """A reason with its numbers blanked, to group similar rejections."""
     return re.sub(r"\d+(\.\d+)?", "N", reason)[:200]
+
+
+def _scored(status: str, kind: str | None, metrics: dict[str, Any]) -> bool:
+    """Whether a record carries objective values: an ``ok`` result, or a layout rejected for memory (its
+    analytic estimate; told to the sampler beside the memory constraint)."""
+    return status == "ok" or (kind == "memory" and bool(metrics))
 
 
 class TrialOutcomes:
@@ -117,7 +125,7 @@ class TrialOutcomes:
         if not est["fits"]:
             reason = f"memory: {est['memory_gib']['total']:.1f} GiB > {est['capacity_gib']:.1f} GiB usable"
             return self._record(trial, layout, "infeasible", est, reason=reason, kind="memory")
-        return Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster))
+        return Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster), est)
 
     def from_cache(self, p: Pending, hit: EvaluationRecord) -> EvaluationRecord:
         """The record of a screened trial whose evaluation is reused from the cache."""
@@ -126,7 +134,7 @@ class TrialOutcomes:
 
     def from_result(self, p: Pending, res: TrialResult) -> EvaluationRecord:
         """The record of a worker's result (a measured trial the pruner stopped becomes ``pruned``)."""
-        metrics = self.with_time(p.cfg, p.cluster, res.metrics) if res.ok else dict(res.metrics)
+        metrics = self.with_time(p.cfg, p.cluster, res.metrics, p.estimate) if res.ok else dict(res.metrics)
         metrics |= {"gpus": p.cluster.gpus} if metrics else {}
         status, reason = res.status, res.reason
         if status == "ok" and metrics.get("pruned"):
@@ -141,9 +149,7 @@ class TrialOutcomes:
                 *, reason: str | None = None, kind: str | None = None, fidelity: str = "analytic",
                 wall_s: float = 0.0, host: str = "", key: str | None = None,
                 cached: bool = False) -> EvaluationRecord:
-        value = None
-        if status == "ok" or (kind == "memory" and metrics):
-            value = self.objective.values(metrics)[0]
+        value = self.objective.values(metrics)[0] if _scored(status, kind, metrics) else None
         return EvaluationRecord(
             study=self.spec.name, trial=trial.number, fidelity=fidelity, layout=layout, metrics=metrics,
             status=status, reason=reason, reason_kind=kind or (reason_kind(reason) if reason else None),
@@ -159,8 +165,7 @@ class TrialOutcomes:
             attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
                       "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
             trial.mem.set_constraint(CONSTRAINT, m["memory_gib"]["total"] - m["capacity_gib"])
-        memory_rejected = rec.status == "infeasible" and rec.reason_kind == "memory"
-        values = self.objective.values(m) if rec.status == "ok" or memory_rejected else None
+        values = self.objective.values(m) if _scored(rec.status, rec.reason_kind, m) else None
         state = TrialState.COMPLETE if values is not None else STATE_OF[rec.status]
         if values is not None:
             mem.tell(trial.mem, values, skip_if_finished=True)
@@ -172,12 +177,14 @@ class TrialOutcomes:
                              distributions=frozen.distributions, user_attrs=attrs, system_attrs=system,
                              write_params=not trial.claimed)
 
-    def with_time(self, cfg: ParallelConfig, cluster: ClusterSpec, metrics: dict[str, Any]) -> dict[str, Any]:
-        """A result that measured no time (the dry run: exact memory) gets the analytic time figures,
-        marked ``time_fidelity: analytic``; a result with its own step time is returned as it is."""
+    def with_time(self, cfg: ParallelConfig, cluster: ClusterSpec, metrics: dict[str, Any],
+                  est: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A result that measured no time (the dry run: exact memory) gets the analytic time figures (from
+        ``est``, the screen's estimate of this layout, when given), marked ``time_fidelity: analytic``; a
+        result with its own step time is returned as it is."""
         if "step_time_s" in metrics:
             return dict(metrics)
-        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
+        est = est or estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
         keys = ("step_time_s", "time_breakdown_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu",
                 "hfu", "training_steps", "training_days", "gpu_hours", "cost")
         return dict(metrics) | {k: est[k] for k in keys if k in est} | {"time_fidelity": "analytic"}
