@@ -86,7 +86,7 @@ class Driver:
             gpu_counts=[n * spec.cluster.gpus_per_node for n in self.node_counts])
         self.fidelity = options.evaluator
         self.outcomes = TrialOutcomes(spec, self.problem, self.objective, self.space, options)
-        self._sampler = make_sampler(options.sampler, options.seed, self.objective.multi)
+        self._sampler = make_sampler(options.sampler, options.seed, self.objective.multi, self.space)
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self._seen: set[int] = set()

@@ -8,17 +8,21 @@ from collections.abc import Callable
 import optuna
 
 from autotune.errors import SpecError
+from autotune.space import SearchSpace
+from autotune.thompson import ThompsonSampler
 
 __all__ = ["SAMPLERS", "make_sampler", "CONSTRAINT"]
 
-SAMPLERS = ("tpe", "gp", "random", "nsga2", "grid")
+SAMPLERS = ("tpe", "gp", "random", "nsga2", "grid", "thompson")
 #: Trial constraint (``Trial.set_constraint``): GiB over usable memory; <= 0 means the layout fits.
 #: TPE, GP and NSGA-II rank constraint violators below every feasible trial.
 CONSTRAINT = "memory_over_gib"
 
 
-def make_sampler(name: str, seed: int | None, multi_objective: bool) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, group, constant liar), GP, random, NSGA-II or (grid) random-with-enqueue."""
+def make_sampler(name: str, seed: int | None, multi_objective: bool,
+                 space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, group, constant liar), GP, random, NSGA-II, (grid) random-with-enqueue, or
+    Thompson sampling over the enumerated ``space`` (:mod:`autotune.thompson`)."""
     builders: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                                   n_startup_trials=10),
@@ -26,11 +30,14 @@ def make_sampler(name: str, seed: int | None, multi_objective: bool) -> optuna.s
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "thompson": lambda: ThompsonSampler(space, CONSTRAINT, seed=seed),
     }
     if name not in builders:
         raise SpecError(f"search.sampler: unknown sampler {name!r} (allowed: {', '.join(SAMPLERS)})")
-    if name == "gp" and multi_objective:
-        raise SpecError("search.sampler: gp optimises one objective; use nsga2 or tpe for a pareto study")
+    if name in ("gp", "thompson") and multi_objective:
+        raise SpecError(f"search.sampler: {name} optimises one objective; use nsga2 or tpe for a pareto study")
+    if name == "thompson" and space is None:
+        raise ValueError("the thompson sampler needs the search space")
     with warnings.catch_warnings():  # TPE's ``group`` is flagged experimental; it is what conditional spaces need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return builders[name]()

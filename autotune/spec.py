@@ -241,7 +241,8 @@ class SearchSpec(_Frozen):
     """How to search: space, sampler, budget, evaluator."""
 
     space: str = Field("megatron", description="Space name (megatron|deepspeed|fsdp) or a YAML path.")
-    sampler: Literal["tpe", "gp", "random", "nsga2", "grid"] = Field("tpe", description="Optuna sampler.")
+    sampler: Literal["tpe", "gp", "random", "nsga2", "grid", "thompson"] = Field(
+        "tpe", description="Optuna sampler (thompson: Bayesian linear models over the enumerated space).")
     n_trials: PosInt = Field(200, description="Trial budget.")
     evaluator: Literal["analytic", "dryrun", "measure"] = Field("analytic", description="Fidelity.")
     fidelities: list[Literal["analytic", "dryrun", "measure"]] | None = Field(

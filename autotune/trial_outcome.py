@@ -33,6 +33,7 @@ from autotune.samplers import CONSTRAINT
 from autotune.space import SearchSpace
 from autotune.spec import ClusterSpec, StudySpec
 from autotune.storage import EvaluationRecord
+from autotune.thompson import MEMORY_ATTR
 from workers.evaluator import TrialResult
 
 __all__ = ["STATE_OF", "Asked", "Pending", "TrialOutcomes", "reason_kind"]
@@ -165,6 +166,7 @@ class TrialOutcomes:
             attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
                       "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
             trial.mem.set_constraint(CONSTRAINT, m["memory_gib"]["total"] - m["capacity_gib"])
+            trial.mem.set_user_attr(MEMORY_ATTR, m["memory_gib"]["total"])
         values = self.objective.values(m) if _scored(rec.status, rec.reason_kind, m) else None
         state = TrialState.COMPLETE if values is not None else STATE_OF[rec.status]
         if values is not None:

@@ -56,7 +56,7 @@ class Bench:
 BENCHES = [
     Bench("estimate_throughput", [], [], [Figure("vectorised_per_s", "layouts/s scored, vectorised", ">=", 50_000,
                                                     "{:,.0f}")]),
-    Bench("search_efficiency", [], ["--seeds", "3", "--samplers", "tpe,random"], [
+    Bench("search_efficiency", [], ["--seeds", "3", "--random-seeds", "10", "--samplers", "tpe,thompson,random"], [
         Figure("best_share_max", "share of the space to reach 1 % of the optimum (best sampler, worst study)",
                "<=", 0.03, "{:.2%}"),
         Figure("random_over_best_min", "random / best sampler evaluations (worst study)", ">=", 5, "{:.1f}x")]),

@@ -77,7 +77,7 @@ def submit_cmd(
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
     n_trials: int | None = typer.Option(None, help="Trial budget."),
     timeout: float | None = typer.Option(None, help="Wall-clock budget, seconds."),
-    sampler: str | None = typer.Option(None, help="tpe | gp | random | nsga2 | grid."),
+    sampler: str | None = typer.Option(None, help="tpe | gp | random | nsga2 | grid | thompson."),
     evaluator: str | None = typer.Option(None, help="analytic | dryrun | measure."),
     workers: int | None = typer.Option(None, help="Parallel Ray evaluations."),
     ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),

@@ -90,6 +90,17 @@ def test_grid_finds_enumerated_optimum_and_cache_is_reused(tmp_path, ray_local, 
     assert json.loads(out)["config"] == best["config"]
 
 
+def test_thompson_study_never_repeats_a_layout_and_nears_the_optimum(tmp_path, ray_local, cli) -> None:
+    """270 points (see the grid test); 90 trials with 2 parallel workers."""
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    code, out, err = cli(["submit", str(write_spec(tmp_path, "ts", sampler="thompson", n_trials=90)), "--storage",
+                          db, "--json"])
+    assert code == 0, err
+    rows = Storage(db).evaluations("ts")
+    assert len(rows) == 90 and len({json.dumps(r.layout, sort_keys=True) for r in rows}) == 90
+    assert json.loads(out)["metrics"]["tokens_per_s"] >= 0.95 * enumerate_optimum()
+
+
 def test_tpe_study_best_and_listing(tmp_path, ray_local, cli) -> None:
     db = f"sqlite:///{tmp_path / 'b.db'}"
     spec = write_spec(tmp_path, "tpe", sampler="tpe", n_trials=60, space="megatron")
