@@ -11,12 +11,20 @@ from autotune.errors import SpecError
 from autotune.space import SearchSpace
 from autotune.thompson import ThompsonSampler
 
-__all__ = ["SAMPLERS", "make_sampler", "CONSTRAINT"]
+__all__ = ["SAMPLERS", "check_sampler", "make_sampler", "CONSTRAINT"]
 
 SAMPLERS = ("tpe", "gp", "random", "nsga2", "grid", "thompson")
 #: Trial constraint (``Trial.set_constraint``): GiB over usable memory; <= 0 means the layout fits.
 #: TPE, GP and NSGA-II rank constraint violators below every feasible trial.
 CONSTRAINT = "memory_over_gib"
+
+
+def check_sampler(name: str, multi_objective: bool) -> None:
+    """Raise :class:`SpecError` when ``name`` is not a sampler or cannot run this kind of study."""
+    if name not in SAMPLERS:
+        raise SpecError(f"search.sampler: unknown sampler {name!r} (allowed: {', '.join(SAMPLERS)})")
+    if name in ("gp", "thompson") and multi_objective:
+        raise SpecError(f"search.sampler: {name} optimises one objective; use nsga2 or tpe for a pareto study")
 
 
 def make_sampler(name: str, seed: int | None, multi_objective: bool,
@@ -32,10 +40,7 @@ def make_sampler(name: str, seed: int | None, multi_objective: bool,
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
         "thompson": lambda: ThompsonSampler(space, CONSTRAINT, seed=seed),
     }
-    if name not in builders:
-        raise SpecError(f"search.sampler: unknown sampler {name!r} (allowed: {', '.join(SAMPLERS)})")
-    if name in ("gp", "thompson") and multi_objective:
-        raise SpecError(f"search.sampler: {name} optimises one objective; use nsga2 or tpe for a pareto study")
+    check_sampler(name, multi_objective)
     if name == "thompson" and space is None:
         raise ValueError("the thompson sampler needs the search space")
     with warnings.catch_warnings():  # TPE's ``group`` is flagged experimental; it is what conditional spaces need

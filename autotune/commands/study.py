@@ -21,6 +21,7 @@ from autotune.profiles import load_profile
 from autotune.render import console, layout_summary, print_best, print_trials
 from autotune.resolve import resolve
 from autotune.results import best_report
+from autotune.samplers import check_sampler
 from autotune.space import load_space
 from autotune.spec import StudySpec, parse_spec
 from autotune.storage import Storage
@@ -101,7 +102,7 @@ def submit_cmd(
             update={"profile": gpu.name})})
     problem = resolve(study_spec, gpu=gpu)
     load_space(study_spec.search.space)
-    objective_for(study_spec)
+    check_sampler(study_spec.search.sampler, objective_for(study_spec).multi)
     from workers.registry import EVALUATORS
 
     offered = [name for name in EVALUATORS if name in ("analytic", "dryrun", "measure")]

@@ -139,6 +139,8 @@ def sha(path: Path) -> str:
     (("precision: bf16", "precision: int4"), "training.precision"),
     (("nodes: 1}", "nodes: 1, rack: 3}"), "cluster.rack"),
     (("sampler: grid", "sampler: annealing"), "search.sampler"),
+    ((("sampler: grid", "sampler: thompson"),
+      ("precision: bf16}", "precision: bf16, tokens: 1.0e9}\nobjective: pareto")), "search.sampler"),
     (("model: llama3-8b", "model: llama5"), "model"),
 ])
 def test_bad_spec_exits_2_and_leaves_db_unchanged(tmp_path, edit, field) -> None:
@@ -146,13 +148,20 @@ def test_bad_spec_exits_2_and_leaves_db_unchanged(tmp_path, edit, field) -> None
     Storage(f"sqlite:///{db_path}").close()
     before = sha(db_path)
     spec = write_spec(tmp_path, "bad")
-    spec.write_text(spec.read_text().replace(*edit))
+    text = spec.read_text()
+    for old, new in edit if isinstance(edit[0], tuple) else (edit,):
+        text = text.replace(old, new)
+    spec.write_text(text)
     proc = subprocess.run([sys.executable, "-m", "autotune", "submit", str(spec), "--storage", f"sqlite:///{db_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {field}") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
     assert sha(db_path) == before
+    fresh = tmp_path / "new.db"
+    proc = subprocess.run([sys.executable, "-m", "autotune", "submit", str(spec), "--storage", f"sqlite:///{fresh}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and not fresh.exists()
 
 
 def test_submit_profile_is_pinned_for_resume(tmp_path, ray_local, cli) -> None:
