@@ -148,8 +148,7 @@ class Driver:
         queue = []
         for point in self.space.points():
             for nodes in self.node_counts:
-                rec: dict[str, Any] = {}
-                self.space.sample(lambda n, ch, p=point, r=rec: r.setdefault(n, p[n]))
+                rec = self.space.active_params(point)
                 if len(self.node_counts) > 1:
                     rec["nodes"] = nodes
                 key = json.dumps(rec, sort_keys=True)

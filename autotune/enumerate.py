@@ -49,18 +49,13 @@ class ScoredSpace:
         return int(np.argmax(score))
 
 
-def _active(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
-    rec: dict[str, Any] = {}
-    space.sample(lambda name, _choices: rec.setdefault(name, point[name]))
-    return rec
-
 
 def score_space(problem: Problem, space: SearchSpace) -> ScoredSpace:
     """Validate and score every point of ``space`` (one GPU count: the cluster's first)."""
     gpus = problem.cluster.gpus
     points, configs = [], []
     for point in space.points():
-        points.append(_active(space, point))
+        points.append(space.active_params(point))
         try:
             cfg = derive(problem.model, problem.training, gpus, **layout_kwargs(point))
         except InfeasibleConfig:

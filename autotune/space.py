@@ -104,6 +104,12 @@ class SearchSpace:
             dim.assign(values, suggest(dim.name, dim.choices) if dim.active(values) else dim.default)
         return values
 
+    def active_params(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The active dimensions' values of a full point (what a sampler records as a trial's params)."""
+        rec: dict[str, Any] = {}
+        self.sample(lambda name, _choices: rec.setdefault(name, point[name]))
+        return rec
+
     def points(self) -> Iterator[dict[str, Any]]:
         """Every point of the space once (inactive dimensions at their default)."""
         seen: set[tuple[Any, ...]] = set()

@@ -47,12 +47,6 @@ MEMORY_ATTR = "memory_gib"
 """User attribute of a trial holding its worst-rank memory, GiB (set by the driver)."""
 
 
-def _active(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
-    rec: dict[str, Any] = {}
-    space.sample(lambda name, _choices: rec.setdefault(name, point[name]))
-    return rec
-
-
 def features(space: SearchSpace, points: Sequence[dict[str, Any]]) -> np.ndarray:
     """Design matrix of ``points`` (full points, inactive dimensions at their default): an intercept,
     one-hot of every dimension's value (a joint dimension's components one by one), log2 of every
@@ -84,15 +78,15 @@ class ThompsonSampler(optuna.samplers.BaseSampler):
         if len(points) > MAX_POINTS:
             raise SpecError(f"search.sampler: thompson enumerates the space, and this one has more than "
                             f"{MAX_POINTS:,} points; use tpe, gp or random")
-        self._space = space
         self._constraint = f"constraints:{constraint}"
-        self._params = [_active(space, p) for p in points]
+        self._params = [space.active_params(p) for p in points]
         self._index = {point_key(p): i for i, p in enumerate(self._params)}
         self._x = features(space, points)
         self._rng = np.random.default_rng(seed)
         self._startup = n_startup_trials
         self._alpha = prior_precision
         self._chosen: dict[int, dict[str, Any]] = {}
+        self._point_of: dict[int, int | None] = {}  # finished trial number -> its point's index
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
     def reseed_rng(self) -> None:
@@ -131,7 +125,11 @@ class ThompsonSampler(optuna.samplers.BaseSampler):
         tried, valid, score, memory, capacity = [], [], [], [], None
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         for t in study.get_trials(deepcopy=False):
-            i = self._index.get(point_key(t.params)) if t.number != trial.number else None
+            if t.number == trial.number:
+                continue
+            i = self._point_of[t.number] if t.number in self._point_of else self._index.get(point_key(t.params))
+            if t.state.is_finished():
+                self._point_of[t.number] = i
             if i is None:
                 continue
             seen[i] = True

@@ -88,12 +88,11 @@ def _training_steps(gpu: GPUSpec, info: dict[str, Any], quick: bool, quiet: bool
     model, ranks = get_model(LAYER_MODEL), info["ranks"]
     training = step_training(info["device"], ranks)
     configs = step_layouts(model, training, ranks, quick)
-    options = dict(STEP_OPTIONS)
     done: list[tuple[Any, float]] = []
     failed: list[str] = []
     for cfg in _each(configs, lambda c: f"training steps: {layout_summary(c.to_dict())}", quiet):
         res = measure_trial(EvalTask(model=model, training=training, gpu=gpu, gpus_per_node=ranks, config=cfg,
-                                     options=dict(options)))
+                                     options=dict(STEP_OPTIONS)))
         if res.status == "ok" and res.metrics.get("step_times_s"):
             done.append((cfg, min(res.metrics["step_times_s"])))
         else:
@@ -102,7 +101,7 @@ def _training_steps(gpu: GPUSpec, info: dict[str, Any], quick: bool, quiet: bool
         raise AutotuneError(f"calibrate: none of the {len(configs)} calibration layouts ran a training step "
                             f"(first: {failed[0]}); `--no-steps` keeps the microbenchmark figures")
     gpu, report = fit_steps(gpu, model, training, ranks, [c for c, _ in done], [s for _, s in done])
-    return gpu, report | {"model": LAYER_MODEL, "training": training.model_dump(mode="json"), "options": options,
+    return gpu, report | {"model": LAYER_MODEL, "training": training.model_dump(mode="json"), "options": STEP_OPTIONS,
                           "failed": failed}
 
 
