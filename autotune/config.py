@@ -2,7 +2,7 @@
 
 The rules follow torchtitan's ParallelDims: validate at construction and say which numbers disagree.
 Which *frameworks* can run a layout (e.g. ZeRO-3 with pp > 1 runs in torchtitan but not in DeepSpeed)
-is not a rule of this type; see :mod:`autotune.frameworks`.
+is not a rule of this type; see :mod:`autotune.search.frameworks`.
 """
 
 from __future__ import annotations

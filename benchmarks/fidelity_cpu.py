@@ -7,7 +7,7 @@
    ``--cache`` (``benchmarks/measured_set.py``).
 3. Kendall τ and median |relative error| of the predictions of: the catalog ``cpu`` profile, the
    calibrated profile (out of sample: fitted on none of these layouts), and the profile refitted to the
-   measured step times (``autotune.refit.fit_measured``) in-sample and 2-fold cross-validated (fit on
+   measured step times (``autotune.calibration.refit.fit_measured``) in-sample and 2-fold cross-validated (fit on
    one half of the layouts, score the other). The measurement's own repeatability bounds what any model
    can reach: τ between the fastest of the first and of the second half of the timed steps of the same
    trials, and the gap between layouts that are the same program (ZeRO 0 vs 3 at dp = 1).
@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measured_set import DEFAULT_CACHE, layout_key, measure_layouts, reference_layouts, reference_problem  # noqa: E402
 
+from autotune.calibration.refit import error_metrics, fit_measured, predict  # noqa: E402
 from autotune.catalog import get_gpu  # noqa: E402
-from autotune.profiles import load_profile  # noqa: E402
-from autotune.refit import error_metrics, fit_measured, predict  # noqa: E402
+from autotune.store.profiles import load_profile  # noqa: E402
 
 
 def spread(configs: list[Any], n: int) -> list[Any]:

@@ -28,9 +28,9 @@ import optuna
 
 from autotune.catalog import get_gpu, get_model
 from autotune.config import derive
-from autotune.driver import PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_STEPS
+from autotune.evaluation import EvalTask
 from autotune.spec import TrainingSpec
-from workers.evaluator import EvalTask
+from autotune.study.driver import PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_STEPS
 from workers.measure import measure_trial
 
 #: name -> layout keywords at world 2 (covers DP, ZeRO-1/2/3, TP, TP+SP, PP 1F1B/interleaved/GPipe,

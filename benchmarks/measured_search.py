@@ -8,7 +8,7 @@ distinct layouts measured until the best one is among them (capped at ``--max-as
 
 - random: a random order of the reference set;
 - TPE: Optuna's TPESampler over the space;
-- warm: the analytic stage of a multi-fidelity study (``autotune.fidelity``): the analytic ranking's
+- warm: the analytic stage of a multi-fidelity study (``autotune.study.fidelity``): the analytic ranking's
   ``--top-k`` best layouts enqueued first, then TPE;
 - analytic order: the whole analytic ranking enqueued (the analytic score as the prior; no sampler),
   i.e. the rank of the measured best in the analytic ranking.
@@ -33,10 +33,10 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measured_set import DEFAULT_CACHE, layout_key, load_cache, reference_layouts, reference_problem  # noqa: E402
 
+from autotune.calibration.refit import predict  # noqa: E402
 from autotune.catalog import get_gpu  # noqa: E402
-from autotune.enumerate import point_key  # noqa: E402
-from autotune.refit import predict  # noqa: E402
-from autotune.space import load_space  # noqa: E402
+from autotune.search.enumerate import point_key  # noqa: E402
+from autotune.search.space import load_space  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -79,7 +79,7 @@ def run(profile: str | None, storage: str | None, seeds: int, top_k: int, max_as
     best = max(values, key=values.__getitem__)
     gpus = {"catalog cpu": get_gpu("cpu")}
     if profile:
-        from autotune.profiles import load_profile
+        from autotune.store.profiles import load_profile
 
         gpus[f"profile {profile}"] = load_profile(profile, storage)
     out: dict[str, Any] = {"layouts": len(values), "best": best, "seeds": seeds, "top_k": top_k}

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config import ParallelConfig, derive
-from autotune.enumerate import score_space
-from autotune.resolve import Problem, resolve
-from autotune.space import load_space
+from autotune.search.enumerate import score_space
+from autotune.search.space import load_space
 from autotune.spec import StudySpec, load_spec
+from autotune.study.resolve import Problem, resolve
 
 __all__ = ["HERE", "SPEC", "REFERENCE_SPACE", "DEFAULT_CACHE", "reference_problem", "reference_layouts",
            "layout_key", "load_cache", "measure_layouts", "config_of", "problem_key"]
@@ -75,7 +75,7 @@ def load_cache(path: Path, problem: Problem) -> dict[str, dict[str, Any]]:
 def measure_layouts(problem: Problem, configs: list[ParallelConfig], cache: Path = DEFAULT_CACHE,
                     *, log: bool = True) -> dict[str, dict[str, Any]]:
     """Measure every layout not in ``cache`` (writing it after each), return key -> record for ``configs``."""
-    from workers.evaluator import EvalTask
+    from autotune.evaluation import EvalTask
     from workers.measure import measure_trial
 
     data = load_cache(cache, problem)

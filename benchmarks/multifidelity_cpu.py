@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from autotune.cli import main as cli
-from autotune.profiles import ProfileStore
-from autotune.storage import Storage
+from autotune.store.profiles import ProfileStore
+from autotune.store.storage import Storage
 
 SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "examples" / "tiny-cpu.yaml"
 

@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from autotune.report import render_report
-from autotune.storage import Storage
+from autotune.results.report import render_report
+from autotune.store.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "examples" / "quickstart.yaml"

@@ -18,12 +18,12 @@ from importlib import resources
 import numpy as np
 import optuna
 
-from autotune.enumerate import point_key, score_space
-from autotune.resolve import resolve
-from autotune.samplers import CONSTRAINT, make_sampler
-from autotune.space import load_space
+from autotune.search.enumerate import point_key, score_space
+from autotune.search.samplers import CONSTRAINT, make_sampler
+from autotune.search.space import load_space
+from autotune.search.thompson import MEMORY_ATTR
 from autotune.spec import load_spec
-from autotune.thompson import MEMORY_ATTR
+from autotune.study.resolve import resolve
 
 STUDIES = ("llama3-70b-64xh100", "gpt3-175b-1024xa100", "llama3-405b-8192xh100")
 

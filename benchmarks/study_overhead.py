@@ -14,9 +14,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from autotune.driver import Driver, RunOptions
 from autotune.spec import load_spec
-from autotune.storage import Storage
+from autotune.store.storage import Storage
+from autotune.study.driver import Driver, RunOptions
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from autotune.costmodel import estimate
+from autotune.evaluation import EvalTask, TrialResult
 from autotune.spec import ClusterSpec
-from workers.evaluator import EvalTask, TrialResult
 
 __all__ = ["AnalyticEvaluator"]
 

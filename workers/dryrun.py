@@ -56,6 +56,7 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from autotune.config import ParallelConfig
 from autotune.costmodel.estimate import MEMORY_KEYS
+from autotune.evaluation import EvalTask, TrialResult
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 from workers.dryrun_kernels import save_sequence_shards, vocab_parallel_cross_entropy
 from workers.dryrun_parts import (
@@ -67,7 +68,6 @@ from workers.dryrun_parts import (
     local,
     schedule_order,
 )
-from workers.evaluator import EvalTask, TrialResult
 from workers.parallel import UnsupportedLayout, cross_entropy
 from workers.parallel.mesh import grad_mesh
 from workers.parallel.zero import PRECISION_DTYPES

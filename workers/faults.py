@@ -23,8 +23,8 @@ import os
 import time
 from pathlib import Path
 
+from autotune.evaluation import EvalTask, TrialResult
 from workers.analytic import AnalyticEvaluator
-from workers.evaluator import EvalTask, TrialResult
 
 __all__ = ["FaultsEvaluator", "KINDS"]
 

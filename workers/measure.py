@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workers.evaluator import EvalTask, TrialResult
+from autotune.evaluation import EvalTask, TrialResult
 from workers.measure_rank import MEMORY_KEYS, RankWorker
 
 __all__ = ["MeasureEvaluator", "measure_trial", "OnStep"]

@@ -1,7 +1,7 @@
 """One rank of a measured trial: the body of the Ray actor that :mod:`workers.measure` starts per rank.
 
 The actor joins the trial's process group (nccl on CUDA, gloo otherwise), builds the model and the
-layout of its :class:`~workers.evaluator.EvalTask`, then runs the steps it is told to, one call per step,
+layout of its :class:`~autotune.evaluation.EvalTask`, then runs the steps it is told to, one call per step,
 so the orchestrator can enforce a per-step deadline, stop early (pruning) and see a dead rank at once.
 Every method returns a plain dict with a ``status`` (``ok`` or a typed failure with its ``reason``);
 anything else that goes wrong raises and reaches the orchestrator as a Ray task error.
@@ -28,7 +28,7 @@ import socket
 import time
 from typing import Any
 
-from workers.evaluator import EvalTask
+from autotune.evaluation import EvalTask
 
 __all__ = ["RankWorker", "MEMORY_KEYS"]
 

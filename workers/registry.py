@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import traceback
 
-from workers.evaluator import EvalTask, Evaluator, TrialResult
+from autotune.evaluation import EvalTask, Evaluator, TrialResult
 
 __all__ = ["EVALUATORS", "get_evaluator", "evaluate_batch"]
 

@@ -12,16 +12,16 @@ from typing import Any, TypeVar
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from autotune.calibrate import fit_profile, plan_jobs
-from autotune.calibrate_steps import STEP_OPTIONS, fit_steps, step_layouts, step_training
+from autotune.calibration.fit import fit_profile, plan_jobs
+from autotune.calibration.refit import config_of, fit_measured, measured_rows
+from autotune.calibration.steps import STEP_OPTIONS, fit_steps, step_layouts, step_training
 from autotune.catalog import get_model, resolve_gpu
 from autotune.errors import AutotuneError, SpecError, StorageError
-from autotune.profiles import ProfileStore, parse_ref, to_yaml
-from autotune.refit import config_of, fit_measured, measured_rows
-from autotune.render import console, layout_summary
-from autotune.resolve import resolve
+from autotune.results.render import console, layout_summary
 from autotune.spec import GPUSpec, parse_spec
-from autotune.storage import Storage
+from autotune.store.profiles import ProfileStore, parse_ref, to_yaml
+from autotune.store.storage import Storage
+from autotune.study.resolve import resolve
 
 __all__ = ["calibrate_cmd", "profiles_app"]
 
@@ -80,9 +80,9 @@ def _microbenchmarks(gpus_per_node: int, quick: bool, threads: int, ray_address:
 
 
 def _training_steps(gpu: GPUSpec, info: dict[str, Any], quick: bool, quiet: bool) -> tuple[GPUSpec, dict[str, Any]]:
-    """Measure the calibration layouts (:mod:`autotune.calibrate_steps`) on the benchmark's ranks and
+    """Measure the calibration layouts (:mod:`autotune.calibration.steps`) on the benchmark's ranks and
     fit the per-layer and per-collective host costs to them."""
-    from workers.evaluator import EvalTask
+    from autotune.evaluation import EvalTask
     from workers.measure import measure_trial
 
     model, ranks = get_model(LAYER_MODEL), info["ranks"]

@@ -11,9 +11,9 @@ import typer
 from autotune.config import derive
 from autotune.costmodel import estimate
 from autotune.errors import SpecError
-from autotune.render import print_estimate
-from autotune.resolve import resolve
+from autotune.results.render import print_estimate
 from autotune.spec import parse_spec, read_mapping
+from autotune.study.resolve import resolve
 
 __all__ = ["estimate_cmd", "spec_with_overrides"]
 

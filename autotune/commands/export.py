@@ -15,11 +15,11 @@ from autotune.commands.study import STORAGE_HELP
 from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.errors import InfeasibleConfig, SpecError, StorageError
 from autotune.export import EXPORTERS, get_exporter, launcher_args
-from autotune.objectives import objective_for
-from autotune.resolve import Problem, resolve
-from autotune.results import FIDELITY_RANK, best_report
+from autotune.results.best import FIDELITY_RANK, best_report
+from autotune.search.objectives import objective_for
 from autotune.spec import ClusterSpec, StudySpec, parse_spec
-from autotune.storage import EvaluationRecord, Storage
+from autotune.store.storage import EvaluationRecord, Storage
+from autotune.study.resolve import Problem, resolve
 
 __all__ = ["export_cmd", "load_layout"]
 

@@ -8,8 +8,8 @@ import typer
 
 from autotune.commands.study import STORAGE_HELP
 from autotune.errors import SpecError
-from autotune.report import default_filename, render_report
-from autotune.storage import Storage
+from autotune.results.report import default_filename, render_report
+from autotune.store.storage import Storage
 
 __all__ = ["report_cmd"]
 

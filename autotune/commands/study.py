@@ -12,19 +12,19 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from autotune.commands.estimate import spec_with_overrides
-from autotune.driver import Driver, RunOptions
-from autotune.driver import Progress as StudyProgress
 from autotune.errors import SpecError, StorageError
-from autotune.fidelity import run_fidelities
-from autotune.objectives import objective_for
-from autotune.profiles import load_profile
-from autotune.render import console, layout_summary, print_best, print_trials
-from autotune.resolve import resolve
-from autotune.results import best_report
-from autotune.samplers import check_sampler
-from autotune.space import load_space
+from autotune.results.best import best_report
+from autotune.results.render import console, layout_summary, print_best, print_trials
+from autotune.search.objectives import objective_for
+from autotune.search.samplers import check_sampler
+from autotune.search.space import load_space
 from autotune.spec import StudySpec, parse_spec
-from autotune.storage import Storage
+from autotune.store.profiles import load_profile
+from autotune.store.storage import Storage
+from autotune.study.driver import Driver, RunOptions
+from autotune.study.driver import Progress as StudyProgress
+from autotune.study.fidelity import run_fidelities
+from autotune.study.resolve import resolve
 
 __all__ = ["submit_cmd", "resume_cmd", "best_cmd", "studies_cmd", "trials_cmd"]
 
@@ -206,7 +206,7 @@ def trials_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List a study's evaluations."""
-    from workers.evaluator import STATUSES
+    from autotune.evaluation import STATUSES
 
     if status is not None and status not in STATUSES:
         raise SpecError(f"status: {status!r} is not one of {', '.join(STATUSES)}")

@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 from autotune.config import ParallelConfig
 from autotune.errors import InfeasibleConfig
-from autotune.frameworks import require_supported
+from autotune.search.frameworks import require_supported
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 __all__ = ["Exporter", "check_exportable"]
@@ -17,7 +17,7 @@ class Exporter(Protocol):
     """Renders one layout as the launch configuration of one framework."""
 
     name: str
-    """Framework name, a key of :data:`autotune.frameworks.RULES`."""
+    """Framework name, a key of :data:`autotune.search.frameworks.RULES`."""
     suffix: str
     """File suffix of the rendered text, with the dot (".json")."""
 

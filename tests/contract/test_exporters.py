@@ -15,7 +15,7 @@ import pytest
 from autotune.config import ParallelConfig, derive
 from autotune.errors import InfeasibleConfig, SpecError
 from autotune.export import EXPORTERS, Exporter, get_exporter, launcher_args
-from autotune.frameworks import FRAMEWORKS, unsupported_reason
+from autotune.search.frameworks import FRAMEWORKS, unsupported_reason
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 MODEL = ModelSpec(name="tiny-llama", layers=8, hidden=1024, heads=16, kv_heads=4, ffn_hidden=2816,

@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 import psutil
 
-from autotune.storage import Storage
+from autotune.store.storage import Storage
 
 MAX_RETRY = 3
 """Re-queues of one trial lineage (Storage's RetryHeartbeatStaleTrialCallback); a 4th stale copy is not retried."""

@@ -29,7 +29,7 @@ import yaml
 from hypothesis import strategies as st
 
 from autotune.cli import main
-from autotune.driver import Driver
+from autotune.study.driver import Driver
 
 __all__ = ["Valid", "run", "specs", "model_yamls", "hf_configs", "spaces", "estimate_flags", "submit_flags",
            "prepare"]
@@ -244,7 +244,7 @@ def run(args: list[str], db: Path) -> str:
 
 def prepare(tmp: Path) -> Path:
     """A directory with an initialised, empty SQLite study DB; returns the DB path."""
-    from autotune.storage import Storage
+    from autotune.store.storage import Storage
 
     db = tmp / "fuzz.db"
     store = Storage(f"sqlite:///{db}")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from autotune.driver import Driver, RunOptions
+from autotune.evaluation import EvalTask, TrialResult
 from autotune.spec import parse_spec
-from autotune.storage import EvaluationRecord, Storage
-from workers.evaluator import EvalTask, TrialResult
+from autotune.store.storage import EvaluationRecord, Storage
+from autotune.study.driver import Driver, RunOptions
 from workers.registry import evaluate_batch
 
 EVIL = "<script>alert(1)</script>"
@@ -33,7 +33,7 @@ SPEC = {
 
 
 class LocalPool:
-    """Stands in for :class:`autotune.dispatch.RayPool`: evaluates batches in this process."""
+    """Stands in for :class:`autotune.study.dispatch.RayPool`: evaluates batches in this process."""
 
     def __init__(self, evaluator: str, workers: int, address: str | None = None, task_timeout_s: float = 0.0):
         self.evaluator = evaluator
@@ -53,7 +53,7 @@ def make_study_db(path: Path) -> str:
     store = Storage(url)
     spec = parse_spec(SPEC)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("autotune.dispatch.RayPool", LocalPool)
+        mp.setattr("autotune.study.dispatch.RayPool", LocalPool)
         driver = Driver(spec, store, RunOptions(n_trials=40, evaluator="analytic", workers=1, seed=0))
         driver.run(driver.open(create=True))
     rows = store.evaluations(STUDY)

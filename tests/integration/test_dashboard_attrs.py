@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autotune.driver import Driver, RunOptions
 from autotune.spec import parse_spec
-from autotune.storage import Storage
+from autotune.store.storage import Storage
+from autotune.study.driver import Driver, RunOptions
 from tests.integration.studydb import SPEC
 
 pytestmark = pytest.mark.slow

@@ -17,9 +17,9 @@ from autotune.costmodel.estimate import MEMORY_KEYS
 from autotune.costmodel.flops import iteration_flops, layer_linear_flops, logit_flops
 from autotune.costmodel.layout import layout_scalars
 from autotune.errors import SpecError
+from autotune.evaluation import EvalTask
 from autotune.spec import TrainingSpec
 from workers.dryrun import dry_run
-from workers.evaluator import EvalTask
 from workers.registry import get_evaluator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -13,10 +13,10 @@ import pytest
 from autotune.cli import main
 from autotune.config import derive
 from autotune.costmodel import estimate
-from autotune.frameworks import FRAMEWORKS
-from autotune.resolve import resolve
+from autotune.search.frameworks import FRAMEWORKS
 from autotune.spec import parse_spec
-from autotune.storage import EvaluationRecord, Storage
+from autotune.store.storage import EvaluationRecord, Storage
+from autotune.study.resolve import resolve
 from tests.integration.studydb import SPEC, STUDY
 
 GLOBAL_BATCH = SPEC["training"]["global_batch"]

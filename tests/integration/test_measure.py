@@ -14,8 +14,8 @@ import pytest
 
 from autotune.catalog import get_gpu, get_model
 from autotune.config import derive
+from autotune.evaluation import EvalTask
 from autotune.spec import TrainingSpec
-from workers.evaluator import EvalTask
 from workers.measure import measure_trial
 from workers.registry import EVALUATORS, evaluate_batch
 

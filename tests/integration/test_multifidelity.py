@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from autotune.enumerate import score_space
-from autotune.resolve import resolve
-from autotune.space import load_space
+from autotune.search.enumerate import score_space
+from autotune.search.space import load_space
 from autotune.spec import load_spec
-from autotune.storage import Storage
+from autotune.store.storage import Storage
+from autotune.study.resolve import resolve
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 from autotune.cli import main
-from autotune.report import MIN_IMPORTANCE_TRIALS, default_filename, render_report
-from autotune.storage import EvaluationRecord, Storage
+from autotune.results.report import MIN_IMPORTANCE_TRIALS, default_filename, render_report
+from autotune.store.storage import EvaluationRecord, Storage
 from tests.integration.studydb import EVIL, SPEC, STUDY
 
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

@@ -92,7 +92,7 @@ def test_study_names_that_could_escape_a_directory_are_rejected(name, cli, tmp_p
 
 
 def test_report_of_a_traversal_name_writes_nothing(cli, tmp_path, monkeypatch) -> None:
-    from autotune.storage import Storage
+    from autotune.store.storage import Storage
 
     Storage(f"sqlite:///{tmp_path / 'r.db'}").close()
     monkeypatch.chdir(tmp_path)

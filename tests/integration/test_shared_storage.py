@@ -14,7 +14,7 @@ from collections import Counter
 import optuna
 import pytest
 
-from autotune.storage import Storage
+from autotune.store.storage import Storage
 
 pytestmark = pytest.mark.slow
 

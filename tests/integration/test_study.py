@@ -18,7 +18,7 @@ from autotune.config import derive
 from autotune.costmodel import estimate_arrays, layout_arrays
 from autotune.errors import InfeasibleConfig
 from autotune.spec import TrainingSpec
-from autotune.storage import Storage
+from autotune.store.storage import Storage
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +167,7 @@ def test_bad_spec_exits_2_and_leaves_db_unchanged(tmp_path, edit, field) -> None
 def test_submit_profile_is_pinned_for_resume(tmp_path, ray_local, cli) -> None:
     """`submit --profile NAME` stores NAME@V in the spec; `resume` scores with that version, not a newer
     one: with a 1 GiB profile no llama3-8b layout on 8 GPUs fits (its weights alone are >= 2 GiB a rank)."""
-    from autotune.profiles import ProfileStore
+    from autotune.store.profiles import ProfileStore
 
     db = f"sqlite:///{tmp_path / 'p.db'}"
     profiles = ProfileStore(Storage(db))

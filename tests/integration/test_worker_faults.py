@@ -18,11 +18,11 @@ import pytest
 
 from autotune.catalog import get_gpu, get_model
 from autotune.config import derive
-from autotune.dispatch import RayPool
-from autotune.driver import Driver, RunOptions
+from autotune.evaluation import EvalTask
 from autotune.spec import StudySpec, TrainingSpec
-from autotune.storage import Storage
-from workers.evaluator import EvalTask
+from autotune.store.storage import Storage
+from autotune.study.dispatch import RayPool
+from autotune.study.driver import Driver, RunOptions
 
 pytestmark = pytest.mark.slow
 

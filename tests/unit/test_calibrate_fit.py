@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotune.calibrate import fit_elementwise, fit_gemm, fit_hbm, fit_link, fit_overhead, fit_profile, plan_jobs
+from autotune.calibration.fit import fit_elementwise, fit_gemm, fit_hbm, fit_link, fit_overhead, fit_profile, plan_jobs
+from autotune.calibration.refit import error_metrics, fit_measured, predict
 from autotune.catalog import get_gpu, get_model
 from autotune.config import derive
 from autotune.costmodel.compute import layer_forward_times
-from autotune.refit import error_metrics, fit_measured, predict
 from autotune.spec import TrainingSpec
 
 TRUE = {"e_max": 0.6, "k_dim": 40.0, "k_tokens": 120.0, "latency_us": 15.0}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.calibrate_steps import STEP_FIELDS, fit_steps, step_layouts, step_training
+from autotune.calibration.refit import predict
+from autotune.calibration.steps import STEP_FIELDS, fit_steps, step_layouts, step_training
 from autotune.catalog import get_gpu, get_model
-from autotune.refit import predict
 
 
 def test_tp_layer_overhead_adds_per_layer_per_micro_batch_only_with_tp() -> None:

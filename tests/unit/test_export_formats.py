@@ -9,7 +9,7 @@ import pytest
 
 from autotune.config import derive
 from autotune.export import get_exporter, launcher_args
-from autotune.frameworks import unsupported_reason
+from autotune.search.frameworks import unsupported_reason
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 MODEL = ModelSpec(name="tiny", layers=8, hidden=1024, heads=16, vocab=32000)

@@ -6,7 +6,7 @@ import pytest
 
 from autotune.config import ParallelConfig
 from autotune.errors import InfeasibleConfig, SpecError
-from autotune.frameworks import FRAMEWORKS, RULES, require_supported, unsupported_reason
+from autotune.search.frameworks import FRAMEWORKS, RULES, require_supported, unsupported_reason
 from autotune.spec import TrainingSpec
 
 BF16 = TrainingSpec(seq_len=4096, global_batch=64, precision="bf16")

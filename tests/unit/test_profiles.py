@@ -10,8 +10,8 @@ import yaml
 
 from autotune.catalog import get_gpu, resolve_gpu
 from autotune.errors import SpecError
-from autotune.profiles import ProfileStore, load_profile, parse_ref, to_yaml
-from autotune.storage import Storage
+from autotune.store.profiles import ProfileStore, load_profile, parse_ref, to_yaml
+from autotune.store.storage import Storage
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from autotune.budget import RECORDED_ATTR, requeue_orphans, reserve, usage
-from autotune.storage import Storage
+from autotune.store.budget import RECORDED_ATTR, requeue_orphans, reserve, usage
+from autotune.store.storage import Storage
 
 TrialState = optuna.trial.TrialState
 

@@ -8,11 +8,11 @@ import statistics
 import optuna
 import pytest
 
-from autotune.enumerate import point_key
 from autotune.errors import SpecError
-from autotune.samplers import CONSTRAINT, make_sampler
-from autotune.space import parse_space
-from autotune.thompson import MEMORY_ATTR
+from autotune.search.enumerate import point_key
+from autotune.search.samplers import CONSTRAINT, make_sampler
+from autotune.search.space import parse_space
+from autotune.search.thompson import MEMORY_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

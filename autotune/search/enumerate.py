@@ -15,9 +15,9 @@ import numpy as np
 from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate_arrays, layout_arrays
 from autotune.errors import InfeasibleConfig
-from autotune.frameworks import unsupported_reason
-from autotune.resolve import Problem
-from autotune.space import SearchSpace
+from autotune.search.frameworks import unsupported_reason
+from autotune.search.space import SearchSpace
+from autotune.study.resolve import Problem
 
 __all__ = ["ScoredSpace", "score_space", "point_key"]
 

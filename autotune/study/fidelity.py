@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from autotune.costmodel import estimate
-from autotune.driver import Driver, Progress
-from autotune.enumerate import score_space
 from autotune.errors import SpecError
-from autotune.storage import EvaluationRecord
-from workers.evaluator import EvalTask
+from autotune.evaluation import EvalTask
+from autotune.search.enumerate import score_space
+from autotune.store.storage import EvaluationRecord
+from autotune.study.driver import Driver, Progress
 
 __all__ = ["run_fidelities"]
 
@@ -52,7 +52,7 @@ def _analytic_stage(driver: Driver) -> list[tuple[dict[str, Any], Any, dict[str,
 
 def _middle_stage(driver: Driver, fidelity: str, ranked: list[Any], top_k: int) -> list[Any]:
     """Evaluate the top ``top_k`` layouts at ``fidelity``; return the ones that fit, best first."""
-    from autotune.dispatch import RayPool
+    from autotune.study.dispatch import RayPool
 
     p = driver.problem
     chosen = ranked[:top_k]

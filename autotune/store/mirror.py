@@ -5,7 +5,7 @@ templated trial is checked against earlier trials with extra queries (~30 ms a t
 driver's trials are all drawn from one fixed space, so the checks add nothing; this module writes
 params, values, user and system attributes and the final state of a whole batch with Optuna's own
 ORM models (``optuna.storages._rdb.models``, the schema of the installed Optuna) in one commit.
-Trials are created RUNNING with a heartbeat when asked (:mod:`autotune.budget`), so stale-trial retry
+Trials are created RUNNING with a heartbeat when asked (:mod:`autotune.store.budget`), so stale-trial retry
 keeps working. A trial is written only while it is still RUNNING: the conditional state update comes
 first (SQLite's write lock, PostgreSQL's row lock), so a trial another driver failed as stale meanwhile
 is skipped, never overwritten, and the caller's evaluation rows are written in the same transaction.

@@ -1,7 +1,7 @@
 """The study driver: a thin Optuna ask/tell loop that dispatches layouts to Ray workers.
 
-Each asked trial is screened, recorded and told by :class:`autotune.trial_outcome.TrialOutcomes`; the
-screened trials the evaluation cache does not answer go to the workers (:mod:`autotune.dispatch`) as
+Each asked trial is screened, recorded and told by :class:`autotune.study.trial_outcome.TrialOutcomes`; the
+screened trials the evaluation cache does not answer go to the workers (:mod:`autotune.study.dispatch`) as
 one batch per step. The driver is the only DB writer.
 Measured trials report each timed step's throughput to a MedianPruner (2 start-up trials, 1 warm-up
 step; benchmarks/measure_pruning.py), which stops a layout clearly slower than the median of earlier
@@ -11,11 +11,11 @@ Sampling runs on an in-memory Optuna study (a sampler re-reads the trial history
 which over an RDB costs tens of milliseconds per parameter); every trial is mirrored into the study
 in the database — created RUNNING when asked, completed with params and attributes when done —
 so the DB is the record (dashboard, resume, other drivers) and the sampler stays fast; outcomes are
-written a batch per transaction (:mod:`autotune.mirror`), each trial's outcome and evaluation row in
+written a batch per transaction (:mod:`autotune.store.mirror`), each trial's outcome and evaluation row in
 the same transaction. On open, the DB's finished trials seed the in-memory study.
 
 Budget and several drivers: ``n_trials`` counts the study's trials in the DB, whichever driver ran
-them. Trials are taken through :func:`autotune.budget.reserve`, which locks the study and never goes
+them. Trials are taken through :func:`autotune.store.budget.reserve`, which locks the study and never goes
 past the budget, so any number of drivers on one study stop at exactly ``n_trials`` trials. When the
 budget is taken, a driver waits for the trials still RUNNING: another driver's finish; a dead
 driver's (heartbeat older than GRACE_S) are failed and re-queued (Optuna's
@@ -36,18 +36,18 @@ from typing import Any
 import optuna
 
 from autotune import __version__
-from autotune.budget import Slot, requeue_orphans, reserve, usage
 from autotune.costmodel.estimate import COST_MODEL_VERSION
-from autotune.mirror import record_finished
-from autotune.objectives import Objective, objective_for
-from autotune.resolve import Problem, resolve
-from autotune.run_options import Progress, RunOptions
-from autotune.samplers import make_sampler
-from autotune.space import SearchSpace, load_space
+from autotune.evaluation import EvalTask
+from autotune.search.objectives import Objective, objective_for
+from autotune.search.samplers import make_sampler
+from autotune.search.space import SearchSpace, load_space
 from autotune.spec import StudySpec
-from autotune.storage import HEARTBEAT_S, EvaluationRecord, Storage
-from autotune.trial_outcome import STATE_OF, Asked, Pending, TrialOutcomes
-from workers.evaluator import EvalTask
+from autotune.store.budget import Slot, requeue_orphans, reserve, usage
+from autotune.store.mirror import record_finished
+from autotune.store.storage import HEARTBEAT_S, EvaluationRecord, Storage
+from autotune.study.resolve import Problem, resolve
+from autotune.study.run_options import Progress, RunOptions
+from autotune.study.trial_outcome import STATE_OF, Asked, Pending, TrialOutcomes
 
 __all__ = ["RunOptions", "Progress", "Driver", "STATE_OF"]
 
@@ -59,7 +59,7 @@ PRUNER_WARMUP_STEPS = 1
 
 def _fail_stale(study: optuna.Study, settle: bool = False) -> None:
     """Fail (and re-queue) trials whose heartbeat is older than the grace period, and re-queue those a
-    killed driver failed without re-queuing (:func:`autotune.budget.requeue_orphans`); with ``settle``,
+    killed driver failed without re-queuing (:func:`autotune.store.budget.requeue_orphans`); with ``settle``,
     wait (at most HEARTBEAT_S) for orphans too recent to tell from a live driver's, and re-queue them."""
     with warnings.catch_warnings():  # Optuna marks heartbeat helpers experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -176,7 +176,7 @@ class Driver:
 
     def run(self, study: optuna.Study, on_progress: Callable[[Progress], None] | None = None) -> Progress:
         """Run until the budget, the timeout or (grid) the space is exhausted."""
-        from autotune.dispatch import MeasurePool, RayPool
+        from autotune.study.dispatch import MeasurePool, RayPool
 
         opts = self.options
         start = time.monotonic()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autotune.errors import AutotuneError
-from workers.evaluator import EvalTask, TrialResult
+from autotune.evaluation import EvalTask, TrialResult
 
 __all__ = ["RayPool", "MeasurePool"]
 

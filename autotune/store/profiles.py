@@ -26,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from autotune.errors import SpecError, StorageError
 from autotune.spec import GPUSpec, format_validation_error
-from autotune.storage import Storage
+from autotune.store.storage import Storage
 
 __all__ = ["Profile", "ProfileStore", "parse_ref", "to_yaml", "load_profile", "NAME_PATTERN"]
 

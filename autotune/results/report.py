@@ -20,12 +20,12 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from autotune.errors import StorageError
-from autotune.objectives import Objective, objective_for
-from autotune.render import layout_summary
-from autotune.resolve import resolve
-from autotune.results import FIDELITY_RANK, best_report
+from autotune.results.best import FIDELITY_RANK, best_report
+from autotune.results.render import layout_summary
+from autotune.search.objectives import Objective, objective_for
 from autotune.spec import parse_spec
-from autotune.storage import EvaluationRecord, Storage
+from autotune.store.storage import EvaluationRecord, Storage
+from autotune.study.resolve import resolve
 
 __all__ = ["render_report", "default_filename", "MIN_IMPORTANCE_TRIALS"]
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import optuna
 
 from autotune.errors import SpecError
-from autotune.space import SearchSpace
-from autotune.thompson import ThompsonSampler
+from autotune.search.space import SearchSpace
+from autotune.search.thompson import ThompsonSampler
 
 __all__ = ["SAMPLERS", "check_sampler", "make_sampler", "CONSTRAINT"]
 
@@ -30,7 +30,7 @@ def check_sampler(name: str, multi_objective: bool) -> None:
 def make_sampler(name: str, seed: int | None, multi_objective: bool,
                  space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
     """TPE (multivariate, group, constant liar), GP, random, NSGA-II, (grid) random-with-enqueue, or
-    Thompson sampling over the enumerated ``space`` (:mod:`autotune.thompson`)."""
+    Thompson sampling over the enumerated ``space`` (:mod:`autotune.search.thompson`)."""
     builders: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                                   n_startup_trials=10),

@@ -6,8 +6,8 @@ from collections import Counter
 from typing import Any
 
 from autotune.errors import AutotuneError
-from autotune.objectives import Objective
-from autotune.storage import EvaluationRecord, Storage
+from autotune.search.objectives import Objective
+from autotune.store.storage import EvaluationRecord, Storage
 
 __all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison"]
 

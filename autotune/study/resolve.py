@@ -29,7 +29,7 @@ def resolve(spec: StudySpec, gpu: GPUSpec | None = None, storage: str | None = N
     """Resolve the model and GPU references of ``spec``: ``gpu`` overrides; else ``cluster.profile``, a
     calibrated profile stored in the database at ``storage``; else ``cluster.gpu`` from the catalog."""
     if gpu is None and spec.cluster.profile:
-        from autotune.profiles import load_profile
+        from autotune.store.profiles import load_profile
 
         gpu = load_profile(spec.cluster.profile, storage)
     return Problem(

@@ -10,7 +10,7 @@ progressively less; started from the squared-loss solution, since the Cauchy los
 that is far off), in log-parameter space (every field is positive; scales from 1e-2 µs to 1e4
 GB/s). The small prior term keeps fields the data cannot tell apart (e.g. GEMM efficiency against a
 per-layer cost when every layout has the same layer width) at the base profile's values instead of wandering. As in
-:mod:`autotune.calibrate`, ``gemm_eff_max`` may exceed 0.85 during the fit; the result then raises the
+:mod:`autotune.calibration.fit`, ``gemm_eff_max`` may exceed 0.85 during the fit; the result then raises the
 peak instead (same predictions, ``gemm_eff_max`` = 0.85).
 
 ``error_metrics``: median absolute relative error |pred/meas − 1| and Kendall's τ (scipy.stats).
@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from autotune.calibrate import E_MAX
+from autotune.calibration.fit import E_MAX
 from autotune.config import ParallelConfig, derive
 from autotune.costmodel.compute import peak_flops
 from autotune.costmodel.layout import layout_arrays
 from autotune.costmodel.time import step_time
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
-from autotune.storage import EvaluationRecord
+from autotune.store.storage import EvaluationRecord
 
 __all__ = ["PARAMS", "PRIOR", "ROBUST_SCALE", "error_metrics", "predict", "fit_measured", "measured_rows", "config_of"]
 

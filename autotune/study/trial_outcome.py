@@ -4,7 +4,7 @@ Per asked trial: space point -> :func:`derive` (invalid -> PRUNED, reason stored
 framework capability table (unsupported -> PRUNED) -> analytic memory screen (over capacity ->
 COMPLETE with the estimate and a positive constraint, so constrained samplers learn; never
 dispatched) -> evaluation cache (same model, cluster, training, layout, fidelity and cost-model
-version -> reuse) -> Ray worker (dispatched by :mod:`autotune.driver`) -> :class:`TrialResult` ->
+version -> reuse) -> Ray worker (dispatched by :mod:`autotune.study.driver`) -> :class:`TrialResult` ->
 tell + one evaluation row. Outcome -> Optuna state: ok -> COMPLETE; oom/infeasible/unsupported/pruned
 -> PRUNED; crash/timeout/nan/error -> FAIL. A measured trial the pruner stopped is recorded as
 ``pruned`` and never cached.
@@ -24,17 +24,17 @@ from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate
 from autotune.costmodel.estimate import COST_MODEL_VERSION
 from autotune.errors import InfeasibleConfig
-from autotune.frameworks import unsupported_reason
-from autotune.mirror import FinishedTrial
-from autotune.objectives import Objective
-from autotune.resolve import Problem
-from autotune.run_options import RunOptions
-from autotune.samplers import CONSTRAINT
-from autotune.space import SearchSpace
+from autotune.evaluation import TrialResult
+from autotune.search.frameworks import unsupported_reason
+from autotune.search.objectives import Objective
+from autotune.search.samplers import CONSTRAINT
+from autotune.search.space import SearchSpace
+from autotune.search.thompson import MEMORY_ATTR
 from autotune.spec import ClusterSpec, StudySpec
-from autotune.storage import EvaluationRecord
-from autotune.thompson import MEMORY_ATTR
-from workers.evaluator import TrialResult
+from autotune.store.mirror import FinishedTrial
+from autotune.store.storage import EvaluationRecord
+from autotune.study.resolve import Problem
+from autotune.study.run_options import RunOptions
 
 __all__ = ["STATE_OF", "Asked", "Pending", "TrialOutcomes", "reason_kind"]
 

@@ -10,7 +10,7 @@ This stage measures a few simple layouts of a small calibration problem (the ``t
 shorter sequence and batch than any example study, so the figures of ``benchmarks/fidelity_cpu.py``
 are out of sample) with the same code a measured trial runs (:func:`workers.measure.measure_trial`),
 then fits only the three host costs the microbenchmarks cannot see — ``layer_overhead_us``,
-``intra_node_latency_us`` and ``tp_layer_overhead_us`` — with :func:`autotune.refit.fit_measured`, every
+``intra_node_latency_us`` and ``tp_layer_overhead_us`` — with :func:`autotune.calibration.refit.fit_measured`, every
 other field staying as the microbenchmarks set it. The layouts separate them: data parallel (the
 per-layer cost, one gradient all-reduce per bucket), ZeRO-3 (collectives per layer: the latency),
 tensor + sequence parallel (the tensor-parallel modules' dispatch), pipeline (half the layers per rank),
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from autotune.calibration.refit import fit_measured, predict
 from autotune.config import InfeasibleConfig, ParallelConfig, derive
-from autotune.refit import fit_measured, predict
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 
 __all__ = ["STEP_FIELDS", "STEP_OPTIONS", "STEP_LAYOUTS", "step_training", "step_layouts", "fit_steps"]
@@ -74,7 +74,7 @@ def fit_steps(base: GPUSpec, model: ModelSpec, training: TrainingSpec, gpus_per_
               configs: list[ParallelConfig], measured: list[float]) -> tuple[GPUSpec, dict[str, Any]]:
     """``base`` with :data:`STEP_FIELDS` fitted to the measured step times (the latency only when some
     layout runs collectives, the tensor-parallel cost only when some layout has tp > 1); the report of
-    :func:`autotune.refit.fit_measured` plus each layout's measured and predicted seconds."""
+    :func:`autotune.calibration.refit.fit_measured` plus each layout's measured and predicted seconds."""
     fields = [f for f, used in zip(STEP_FIELDS, (True, any(c.world > 1 for c in configs),
                                                  any(c.tp > 1 for c in configs)), strict=True) if used]
     gpu, report = fit_measured(model, training, gpus_per_node, configs, measured, base, params=fields)

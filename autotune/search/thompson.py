@@ -35,9 +35,9 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.enumerate import point_key
 from autotune.errors import SpecError
-from autotune.space import SearchSpace
+from autotune.search.enumerate import point_key
+from autotune.search.space import SearchSpace
 
 __all__ = ["ThompsonSampler", "features", "MAX_POINTS", "MEMORY_ATTR"]
 

@@ -1,0 +1,1 @@
+"""Calibration: fitting hardware profiles to microbenchmarks, real training steps and a study's measured trials."""

@@ -1,0 +1,3 @@
+"""Persistence: autotune's tables beside Optuna's, the shared trial budget, trial mirroring and stored
+calibration profiles.
+"""
