@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from autotune.costmodel import estimate
+from autotune.costmodel.estimate import memory_reason
 from autotune.evaluation import EvalTask, TrialResult
 from autotune.spec import ClusterSpec
 
@@ -25,7 +26,6 @@ class AnalyticEvaluator:
         metrics = estimate(task.model, task.training, task.gpu, cluster, task.config)
         wall = time.perf_counter() - start
         if not metrics["fits"]:
-            reason = (f"memory: {metrics['memory_gib']['total']:.1f} GiB > "
-                      f"{metrics['capacity_gib']:.1f} GiB usable")
+            reason = memory_reason(metrics['memory_gib']['total'], metrics['capacity_gib'])
             return TrialResult(status="oom", fidelity=self.fidelity, metrics=metrics, reason=reason, wall_s=wall)
         return TrialResult(status="ok", fidelity=self.fidelity, metrics=metrics, wall_s=wall)

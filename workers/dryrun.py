@@ -55,7 +55,7 @@ from torch.distributed.tensor.parallel import loss_parallel
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from autotune.config import ParallelConfig
-from autotune.costmodel.estimate import MEMORY_KEYS
+from autotune.costmodel.estimate import MEMORY_KEYS, memory_reason
 from autotune.evaluation import EvalTask, TrialResult
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 from workers.dryrun_kernels import save_sequence_shards, vocab_parallel_cross_entropy
@@ -256,6 +256,6 @@ class DryRunEvaluator:
                                wall_s=time.perf_counter() - start)
         wall = time.perf_counter() - start
         if not metrics["fits"]:
-            reason = f"memory: {metrics['memory_gib']['total']:.1f} GiB > {metrics['capacity_gib']:.1f} GiB usable"
+            reason = memory_reason(metrics['memory_gib']['total'], metrics['capacity_gib'])
             return TrialResult(status="oom", fidelity=self.fidelity, metrics=metrics, reason=reason, wall_s=wall)
         return TrialResult(status="ok", fidelity=self.fidelity, metrics=metrics, wall_s=wall)

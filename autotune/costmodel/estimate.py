@@ -1,22 +1,37 @@
-"""One layout in, an :class:`Estimate`-shaped dict out: memory breakdown, verdict and (with the time
-model) step time, throughput, MFU and training time. ``estimate_arrays`` scores many layouts at once."""
+"""Layouts in, :class:`Estimate`-shaped dicts out: memory breakdown, verdict and (with the time model)
+step time, throughput, MFU and training time.
+
+:func:`estimate_many` scores any number of layouts in one vectorised pass and builds one JSON-ready dict
+per layout; :func:`estimate` is the same path for a single layout, so a layout scored in a study and the
+same layout given to ``autotune estimate`` produce identical figures.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from autotune.config import ParallelConfig
-from autotune.costmodel.layout import Layout, layout_scalars
+from autotune.costmodel.layout import Layout, layout_arrays
 from autotune.costmodel.memory import memory_breakdown
 from autotune.costmodel.time import step_time
 from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, TrainingSpec
 
-__all__ = ["estimate", "estimate_arrays", "MEMORY_KEYS", "TIME_KEYS", "COST_MODEL_VERSION"]
+__all__ = ["estimate", "estimate_many", "estimate_arrays", "memory_reason", "MEMORY_KEYS", "TIME_KEYS",
+           "COST_MODEL_VERSION"]
 
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "other", "total")
 TIME_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p", "dp_comm_exposed", "optimizer")
 #: Bumped whenever a formula changes, so cached evaluations of an older model are not reused.
 COST_MODEL_VERSION = "4"
+_TIME_SCALARS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu")
+
+
+def memory_reason(total_gib: float, capacity_gib: float, digits: int = 1) -> str:
+    """The one wording of a memory rejection: ``memory: X GiB > Y GiB usable``."""
+    return f"memory: {total_gib:.{digits}f} GiB > {capacity_gib:.{digits}f} GiB usable"
 
 
 def estimate_arrays(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_node: int,
@@ -26,39 +41,49 @@ def estimate_arrays(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
             "time": step_time(model, training, gpu, gpus_per_node, L)}
 
 
-def _f(x: Any) -> float:
-    return float(x)
+def _column(x: Any, n: int) -> list[float]:
+    """A result field as ``n`` Python floats (a scalar broadcasts)."""
+    return np.broadcast_to(np.asarray(x, dtype=np.float64), (n,)).tolist()
+
+
+def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluster: ClusterSpec,
+                  configs: Sequence[ParallelConfig]) -> list[dict[str, Any]]:
+    """JSON-ready estimates of ``configs`` (the ``autotune estimate --json`` object each), from one
+    vectorised pass of the cost model."""
+    n = len(configs)
+    if n == 0:
+        return []
+    raw = estimate_arrays(model, training, gpu, cluster.gpus_per_node, layout_arrays(configs))
+    mem, tm = raw["memory"], raw["time"]
+    memory = {k: _column(mem[k], n) for k in MEMORY_KEYS}
+    breakdown = {k: _column(tm[k], n) for k in TIME_KEYS}
+    scalars = {k: _column(tm[k], n) for k in _TIME_SCALARS}
+    capacity = _column(mem["capacity"], n)
+    fits = np.broadcast_to(np.asarray(mem["fits"], dtype=bool), (n,)).tolist()
+    worst = np.broadcast_to(np.asarray(mem["worst_stage"], dtype=np.int64), (n,)).tolist()
+    params = model.param_count()
+    steps = training.total_steps()
+    out = []
+    for i, cfg in enumerate(configs):
+        row: dict[str, Any] = {
+            "model": model.name, "gpu": gpu.name, "gpus": cfg.world,
+            "config": cfg.to_dict() | {"dp_replicate": cfg.dp_replicate}, "params": params,
+            "memory_gib": {k: memory[k][i] for k in MEMORY_KEYS}, "capacity_gib": capacity[i],
+            "fits": fits[i], "worst_stage": worst[i], "step_time_s": scalars["step_time_s"][i],
+            "time_breakdown_s": {k: breakdown[k][i] for k in TIME_KEYS},
+        } | {k: scalars[k][i] for k in _TIME_SCALARS[1:]}
+        if steps is not None:
+            seconds = steps * row["step_time_s"]
+            row["training_steps"] = int(steps)
+            row["training_days"] = seconds / 86400.0
+            row["gpu_hours"] = seconds / 3600.0 * cfg.world
+            if cluster.price_per_gpu_hour is not None:
+                row["cost"] = row["gpu_hours"] * cluster.price_per_gpu_hour
+        out.append(row)
+    return out
 
 
 def estimate(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluster: ClusterSpec,
              cfg: ParallelConfig) -> dict[str, Any]:
     """A JSON-ready estimate of one layout (the ``autotune estimate --json`` object)."""
-    raw = estimate_arrays(model, training, gpu, cluster.gpus_per_node, layout_scalars(cfg))
-    mem, tm = raw["memory"], raw["time"]
-    out = {
-        "model": model.name,
-        "gpu": gpu.name,
-        "gpus": cfg.world,
-        "config": cfg.to_dict() | {"dp_replicate": cfg.dp_replicate},
-        "params": model.param_count(),
-        "memory_gib": {k: _f(mem[k]) for k in MEMORY_KEYS},
-        "capacity_gib": _f(mem["capacity"]),
-        "fits": bool(mem["fits"]),
-        "worst_stage": int(mem["worst_stage"]),
-        "step_time_s": _f(tm["step_time_s"]),
-        "time_breakdown_s": {k: _f(tm[k]) for k in TIME_KEYS},
-        "tokens_per_s": _f(tm["tokens_per_s"]),
-        "tflops_per_gpu": _f(tm["tflops_per_gpu"]),
-        "hw_tflops_per_gpu": _f(tm["hw_tflops_per_gpu"]),
-        "mfu": _f(tm["mfu"]),
-        "hfu": _f(tm["hfu"]),
-    }
-    steps = training.total_steps()
-    if steps is not None:
-        seconds = steps * out["step_time_s"]
-        out["training_steps"] = int(steps)
-        out["training_days"] = seconds / 86400.0
-        out["gpu_hours"] = seconds / 3600.0 * cfg.world
-        if cluster.price_per_gpu_hour is not None:
-            out["cost"] = out["gpu_hours"] * cluster.price_per_gpu_hour
-    return out
+    return estimate_many(model, training, gpu, cluster, [cfg])[0]

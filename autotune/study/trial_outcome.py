@@ -22,7 +22,7 @@ import optuna
 
 from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate
-from autotune.costmodel.estimate import COST_MODEL_VERSION
+from autotune.costmodel.estimate import COST_MODEL_VERSION, memory_reason
 from autotune.errors import InfeasibleConfig
 from autotune.evaluation import TrialResult
 from autotune.search.frameworks import unsupported_reason
@@ -124,7 +124,7 @@ class TrialOutcomes:
         est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
         est["gpus"] = cluster.gpus
         if not est["fits"]:
-            reason = f"memory: {est['memory_gib']['total']:.1f} GiB > {est['capacity_gib']:.1f} GiB usable"
+            reason = memory_reason(est['memory_gib']['total'], est['capacity_gib'])
             return self._record(trial, layout, "infeasible", est, reason=reason, kind="memory")
         return Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster), est)
 
