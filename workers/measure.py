@@ -16,9 +16,15 @@ failures in tests (see :mod:`workers.measure_rank`).
 Outcomes: ``ok``; ``oom`` (a caught CUDA OOM, or the worst rank's tracked peak over the per-rank
 budget ``gpu.memory_gib · usable_fraction`` — on CPU too); ``timeout`` (a step, set-up or the
 placement past its deadline); ``crash`` (a rank's actor died); ``nan`` (a non-finite loss);
-``unsupported`` (:class:`~workers.parallel.UnsupportedLayout`); ``infeasible`` (the Ray cluster can
+``unsupported`` (:class:`~workers.parallel.UnsupportedLayout`, or a precision the ranks cannot run —
+fp8 — refused before any placement group is asked for); ``infeasible`` (the Ray cluster can
 never hold the group); ``error`` (a rank raised). Whatever the outcome, every actor is killed and the
 placement group removed before the result is returned, so no process or group outlives its trial.
+
+Labels: the metrics carry ``gemm_precision``, the dtype the ranks' GEMMs ran in (from rank 0's set-up,
+:func:`workers.measure_rank.gemm_precision`), and the MFU divides by that dtype's peak
+(:func:`measured_mfu`). Memory and time are both measured (the memory tracker's peak over a real step,
+and the timed steps).
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from collections.abc import Callable
 from typing import Any
 
 from autotune.evaluation import EvalTask, TrialResult
-from workers.measure_rank import MEMORY_KEYS, RankWorker
+from autotune.spec import GPUSpec
+from workers.measure_rank import MEMORY_KEYS, RankWorker, unmeasured_reason
 
-__all__ = ["MeasureEvaluator", "measure_trial", "OnStep"]
+__all__ = ["MeasureEvaluator", "measure_trial", "measured_mfu", "OnStep"]
 
 #: Called after each timed step with (step index from 0, step seconds); returning True stops the trial.
 OnStep = Callable[[int, float], bool]
@@ -109,14 +116,19 @@ def _memory_metrics(task: EvalTask, peaks: list[dict[str, int]]) -> dict[str, An
             "worst_rank": worst, "memory_gib_per_rank": [p["total"] / _GIB for p in peaks]}
 
 
-def _mfu(task: EvalTask, step_s: float) -> float:
-    """Model FLOPs per second per rank over the GPU profile's dense peak for the training precision."""
-    from autotune.costmodel.compute import peak_flops
+def measured_mfu(model_flops: float, step_s: float, world: int, gpu: GPUSpec, gemm_precision: str) -> float:
+    """Model FLOPs per second per rank over the profile's dense peak of ``gemm_precision``, the dtype the
+    GEMMs actually ran in (fp32 GEMMs without TF32 divide by the fp32 peak, not the tf32 one)."""
+    return model_flops / step_s / world / (gpu.peak(gemm_precision) * 1e12)
+
+
+def _mfu(task: EvalTask, step_s: float, gemm_precision: str) -> float:
+    """:func:`measured_mfu` of this trial's model FLOPs per iteration (Narayanan et al. 2021)."""
     from autotune.costmodel.flops import iteration_flops
     from autotune.costmodel.layout import layout_scalars
 
     model_flops, _ = iteration_flops(task.model, task.training, layout_scalars(task.config))
-    return float(model_flops) / step_s / task.config.world / peak_flops(task.gpu, task.training.precision)[0]
+    return measured_mfu(float(model_flops), step_s, task.config.world, task.gpu, gemm_precision)
 
 
 def _run(task: EvalTask, on_step: OnStep | None, actors: list[Any], pg: Any) -> dict[str, Any]:
@@ -141,7 +153,8 @@ def _run(task: EvalTask, on_step: OnStep | None, actors: list[Any], pg: Any) -> 
     setup = _gather([a.setup.remote(r, end["addr"], end["port"], task, step_timeout) for r, a in enumerate(actors)],
                     setup_timeout, "set-up")
     warm = _gather([a.warmup.remote(warmup) for a in actors], step_timeout * (warmup + 1), "warm-up")
-    metrics: dict[str, Any] = {"world": cfg.world, "device": setup[0]["device"]}
+    metrics: dict[str, Any] = {"world": cfg.world, "device": setup[0]["device"],
+                               "gemm_precision": setup[0]["gemm_precision"]}
     metrics |= _memory_metrics(task, [w["memory"] for w in warm])
     if not math.isfinite(warm[0]["loss"]):
         raise _Outcome("nan", f"loss {warm[0]['loss']} in warm-up")
@@ -164,7 +177,8 @@ def _run(task: EvalTask, on_step: OnStep | None, actors: list[Any], pg: Any) -> 
             break
     step_s = statistics.median(times)
     metrics |= {"step_time_s": step_s, "step_times_s": times, "tokens_per_s": training.global_batch
-                * training.seq_len / step_s, "loss": loss, "pruned": pruned, "mfu": _mfu(task, step_s)}
+                * training.seq_len / step_s, "loss": loss, "pruned": pruned,
+                "mfu": _mfu(task, step_s, metrics["gemm_precision"])}
     metrics["fits"] = metrics["memory_gib"]["total"] <= metrics["capacity_gib"]
     return metrics | _training_time(task, step_s)
 
@@ -199,6 +213,9 @@ def measure_trial(task: EvalTask, on_step: OnStep | None = None) -> TrialResult:
     actors: list[Any] = []
     pg = None
     try:
+        why = unmeasured_reason(task.training.precision, "cuda" if gpus else "cpu", task.gpu)
+        if why:
+            raise _Outcome("unsupported", why)
         strategy = _strategy(cfg.world, cpus, gpus)
         bundle = {"CPU": cpus} | ({"GPU": 1} if gpus else {})
         pg = placement_group([dict(bundle) for _ in range(cfg.world)], strategy=strategy)

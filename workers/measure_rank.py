@@ -15,6 +15,10 @@ and temporaries), so CPU ranks get the same steady-state breakdown as GPU ranks;
 is ``torch.cuda.max_memory_allocated`` over that step and the timed steps. Timed steps run untracked.
 Torch is imported inside the methods, in the actor process.
 
+Precision: only :data:`MEASURED_PRECISIONS` run (:func:`unmeasured_reason` says why another cannot;
+:mod:`workers.measure` asks it before any rank starts, and :meth:`RankWorker.setup` refuses it again);
+set-up reports the dtype its GEMMs run in (:func:`gemm_precision`), the peak a measured MFU divides by.
+
 Fault injection (tests only, ``task.options``): ``fault`` = ``crash`` (``os._exit(1)``), ``hang`` (sleep
 past the step deadline) or ``nan`` (poison the parameters) on rank ``fault_rank`` (default 1, or the
 last rank) at the first timed step.
@@ -29,14 +33,48 @@ import time
 from typing import Any
 
 from autotune.evaluation import EvalTask
+from autotune.spec import GPUSpec
 
-__all__ = ["RankWorker", "MEMORY_KEYS"]
+__all__ = ["RankWorker", "MEMORY_KEYS", "MEASURED_PRECISIONS", "unmeasured_reason", "gemm_precision"]
+
+#: Training precisions a measured trial runs, each with its GEMMs in that precision (fp32 as TF32 where
+#: torch allows it on CUDA). Not fp8: this data plane has no fp8 GEMM kernels (no Transformer Engine or
+#: torchao float8), so an fp8 step here would be a bf16 step.
+MEASURED_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 #: Keys of a rank's memory breakdown (bytes here, GiB in the trial's metrics).
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "other", "total")
 #: MemTracker reference type -> breakdown key.
 _TRACKER_KEYS = {"Parameter": "weights", "Buffer": "weights", "Gradient": "gradients", "Optstate": "optimizer",
                  "Activation": "activations", "Temp": "other", "Other": "other", "Total": "total"}
+
+
+def unmeasured_reason(precision: str, device: str, gpu: GPUSpec) -> str | None:
+    """Why ``precision`` cannot be measured on ``device`` ("cpu" | "cuda") ranks of profile ``gpu``; None if it can."""
+    if precision in MEASURED_PRECISIONS:
+        return None
+    if device == "cpu":
+        why = "CPU ranks have no fp8 GEMM kernels"
+    elif "fp8" not in gpu.peak_tflops:
+        why = f"GPU {gpu.name} has no fp8 tensor cores (its profile lists no fp8 peak)"
+    else:
+        why = "this data plane has no fp8 GEMM kernels (no Transformer Engine or torchao float8)"
+    return (f"precision {precision} cannot be measured on {device} ranks: {why}, so its steps would be bf16 steps "
+            f"under an {precision} label (measured precisions: {', '.join(MEASURED_PRECISIONS)})")
+
+
+def gemm_precision(precision: str, device: str) -> str:
+    """The dtype a rank's GEMMs run in for a measured ``precision``: fp32 runs as ``tf32`` on CUDA when
+    torch's fp32 matmul precision allows TF32 (it does not by default), else as ``fp32`` (always on CPU);
+    bf16 and fp16 run as themselves."""
+    if precision != "fp32" or device != "cuda":
+        return precision
+    import torch
+
+    mode = torch.backends.cuda.matmul.fp32_precision
+    if mode == "none":  # not set for matmuls: the generic setting applies
+        mode = torch.backends.fp32_precision
+    return "tf32" if mode == "tf32" else "fp32"
 
 
 def _oom(e: BaseException) -> dict[str, Any]:
@@ -83,14 +121,13 @@ class RankWorker:
 
         from workers.parallel import UnsupportedLayout, parallelize
         from workers.parallel.mesh import device_type, init_distributed
-        from workers.parallel.zero import PRECISION_DTYPES
         from workers.train_step import build_optimizer
 
         self.rank, self.task = rank, task
         cfg, training = task.config, task.training
-        if training.precision not in PRECISION_DTYPES:
-            return {"status": "unsupported", "reason": f"precision {training.precision} is not measured here "
-                    f"(measured: {', '.join(PRECISION_DTYPES)})"}
+        why = unmeasured_reason(training.precision, device_type(), task.gpu)
+        if why:
+            return {"status": "unsupported", "reason": why}
         init_distributed(rank, cfg.world, port, addr=addr, timeout_s=timeout_s)
         try:
             self.par = parallelize(task.model, cfg, seq_len=training.seq_len, precision=training.precision,
@@ -100,7 +137,8 @@ class RankWorker:
             return {"status": "unsupported", "reason": str(e)}
         except torch.cuda.OutOfMemoryError as e:
             return _oom(e)
-        return {"status": "ok", "device": device_type(), "pid": os.getpid()}
+        return {"status": "ok", "device": device_type(), "pid": os.getpid(),
+                "gemm_precision": gemm_precision(training.precision, device_type())}
 
     def _one_step(self) -> float:
         from workers.train_step import train_step

@@ -7,12 +7,27 @@ from typing import Any
 
 from autotune.errors import AutotuneError
 from autotune.search.objectives import Objective
+from autotune.spec import FIDELITIES
 from autotune.store.storage import EvaluationRecord, Storage
 
-__all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison"]
+__all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison", "fidelity_labels"]
 
 #: Higher is more trustworthy: ``best`` ranks by the highest fidelity that has a successful result.
-FIDELITY_RANK = {"analytic": 0, "dryrun": 1, "measure": 2}
+FIDELITY_RANK = {name: rank for rank, name in enumerate(FIDELITIES)}
+
+
+def fidelity_labels(fidelity: str, metrics: dict[str, Any]) -> dict[str, str | None]:
+    """How each half of an evaluation's figures was obtained: ``memory_fidelity`` and ``time_fidelity``.
+
+    Memory comes from the evaluator that wrote the row (``analytic``: the cost model; ``dryrun``: exact
+    per-rank bytes on fake tensors; ``measure``: the memory tracker's peak over a real step). Time is the
+    evaluator's own unless the metrics say otherwise (a dry run times nothing: its step time, tokens/s
+    and MFU are the cost model's, ``time_fidelity: analytic``). A half the row has no figures for is
+    None (a layout rejected before evaluation, a measured trial that ended before its timed steps).
+    """
+    memory = fidelity if metrics.get("memory_gib") else None
+    time = metrics.get("time_fidelity", fidelity) if metrics.get("step_time_s") is not None else None
+    return {"memory_fidelity": memory, "time_fidelity": time}
 
 
 def why_lost(best: dict[str, Any], other: dict[str, Any]) -> str:
@@ -73,7 +88,8 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
         "infeasible": {"count": len(rejected), "reasons": dict(reasons.most_common())},
     }
     if not ok:
-        return out | {"config": None, "metrics": None, "fidelity": None, "trial": None, "runners_up": []}
+        return out | {"config": None, "metrics": None, "fidelity": None, "memory_fidelity": None,
+                      "time_fidelity": None, "trial": None, "runners_up": []}
     top_fid = max(FIDELITY_RANK.get(r.fidelity, 0) for r in ok)
     ranked = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) == top_fid]
     reverse = objective.directions[0] == "maximize"
@@ -91,15 +107,18 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
         "config": best.layout,
         "metrics": _metrics_view(best.metrics),
         "fidelity": best.fidelity,
+        **fidelity_labels(best.fidelity, best.metrics),
         "trial": best.trial,
         "runners_up": [{"trial": r.trial, "config": r.layout, "fidelity": r.fidelity,
+                        **fidelity_labels(r.fidelity, r.metrics),
                         "metrics": _metrics_view(r.metrics), "lost_by": why_lost(best.metrics, r.metrics)}
                        for r in unique[1:top + 1]],
     }
     if lower:
         same = [r for r in lower if r.layout == best.layout]
         if same:
-            out["lower_fidelity"] = {"fidelity": same[0].fidelity, "metrics": _metrics_view(same[0].metrics)}
+            out["lower_fidelity"] = {"fidelity": same[0].fidelity, **fidelity_labels(same[0].fidelity, same[0].metrics),
+                                     "metrics": _metrics_view(same[0].metrics)}
         out["fidelity_comparison"] = fidelity_comparison(unique[:top + 1], lower)
     if objective.multi:
         out["pareto_front"] = [{"trial": r.trial, "config": r.layout, "values": dict(zip(

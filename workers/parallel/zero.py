@@ -21,7 +21,10 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 
 __all__ = ["apply_fsdp", "zero1_optimizer", "PRECISION_DTYPES"]
 
-#: Compute dtype of each training precision (fp8 computes GEMMs in bf16 here).
+#: Tensor dtype of each training precision. fp8 training (Transformer Engine, torchao float8) keeps its
+#: weights and activations in bf16 and casts to fp8 only inside the GEMMs, so a dry run sizes fp8 tensors
+#: in bf16. This data plane has no fp8 GEMM kernels: a measured trial never runs fp8
+#: (:data:`workers.measure_rank.MEASURED_PRECISIONS`), so no bf16 step is timed under an fp8 label.
 PRECISION_DTYPES = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
