@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from autotune.commands.estimate import spec_with_overrides
 from autotune.errors import SpecError, StorageError
-from autotune.results.best import best_report
+from autotune.results.best import best_report, fidelity_labels
 from autotune.results.render import console, layout_summary, print_best, print_trials
 from autotune.search.objectives import objective_for
 from autotune.search.samplers import check_sampler
@@ -224,9 +224,10 @@ def trials_cmd(
 
     rows = sorted(rows, key=key)[:limit]
     if json_out:
-        typer.echo(json.dumps([{"trial": r.trial, "status": r.status, "fidelity": r.fidelity, "config": r.layout,
-                                "reason": r.reason, "cached": r.cached, "wall_s": r.wall_s, "host": r.host,
-                                "metrics": r.metrics} for r in rows], indent=2))
+        typer.echo(json.dumps([{"trial": r.trial, "status": r.status, "fidelity": r.fidelity,
+                                **fidelity_labels(r.fidelity, r.metrics), "config": r.layout, "reason": r.reason,
+                                "cached": r.cached, "wall_s": r.wall_s, "host": r.host, "metrics": r.metrics}
+                               for r in rows], indent=2))
     else:
-        print_trials(study, [(r.trial, r.status, r.fidelity, layout_summary(r.layout) if "dp" in r.layout
-                              else str(r.layout), r.metrics, r.reason) for r in rows])
+        print_trials(study, [(r.trial, r.status, fidelity_labels(r.fidelity, r.metrics), layout_summary(r.layout)
+                              if "dp" in r.layout else str(r.layout), r.metrics, r.reason) for r in rows])

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "print_estimate", "layout_summary"]
+__all__ = ["console", "print_estimate", "layout_summary", "fidelity_summary"]
 
 console = Console()
 
@@ -28,6 +28,13 @@ def layout_summary(cfg: dict[str, Any]) -> str:
     if cfg.get("recompute_layers"):
         parts.append(f"({cfg['recompute_layers']} layers)")
     return " ".join(parts)
+
+
+def fidelity_summary(labels: dict[str, Any]) -> str:
+    """``memory: dryrun, time: analytic`` from the ``memory_fidelity`` / ``time_fidelity`` of
+    :func:`autotune.results.best.fidelity_labels`; a half without figures is left out."""
+    parts = [f"{k}: {labels[f'{k}_fidelity']}" for k in ("memory", "time") if labels.get(f"{k}_fidelity")]
+    return ", ".join(parts)
 
 
 def _memory_table(result: dict[str, Any]) -> Table:
@@ -81,15 +88,17 @@ def print_best(report: dict[str, Any]) -> None:
     else:
         m = report["metrics"]
         console.print(f"[bold green]Best layout[/] of {report['study']} (trial {report['trial']}, "
-                      f"fidelity {report['fidelity']}): {layout_summary(report['config'])}")
+                      f"{fidelity_summary(report)}): {layout_summary(report['config'])}")
         line = (f"step {m['step_time_s']:.3f} s   tokens/s {m['tokens_per_s']:,.0f}   MFU {m['mfu']:.1%}   "
                 f"memory {m['memory_gib']['total']:.1f} GiB")
         if "training_days" in m:
             line += f"   training {m['training_days']:.2f} days"
         console.print(line)
+        if report.get("estimate_command"):  # one unwrapped line, so it can be copied as it is
+            console.print(f"reproduce: {report['estimate_command']}", markup=False, highlight=False, soft_wrap=True)
         if "lower_fidelity" in report:
             lm = report["lower_fidelity"]["metrics"]
-            console.print(f"  {report['lower_fidelity']['fidelity']} estimate of the same layout: step "
+            console.print(f"  {fidelity_summary(report['lower_fidelity'])} figures of the same layout: step "
                           f"{lm['step_time_s']:.3f} s, memory {lm['memory_gib']['total']:.1f} GiB")
         table = Table(title="Breakdown of the best layout")
         table.add_column("memory part")
@@ -120,13 +129,15 @@ def print_best(report: dict[str, Any]) -> None:
         console.print(inf)
 
 
-def print_trials(study: str, rows: list[tuple[int, str, str, str, dict[str, Any], str | None]]) -> None:
-    """Print a study's evaluations as a table."""
+def print_trials(study: str, rows: list[tuple[int, str, dict[str, Any], str, dict[str, Any], str | None]]) -> None:
+    """Print a study's evaluations as a table: (trial, status, fidelity labels, layout, metrics, reason) per row,
+    the labels as :func:`autotune.results.best.fidelity_labels` gives them (shown as the fidelity of the
+    memory and of the time figures)."""
     table = Table(title=f"Trials of {study}")
     for col in ("trial", "status", "fidelity", "layout", "tokens/s", "GiB", "reason"):
         table.add_column(col)
-    for trial, status, fidelity, layout, m, reason in rows:
+    for trial, status, labels, layout, m, reason in rows:
         tps = f"{m['tokens_per_s']:,.0f}" if m.get("tokens_per_s") is not None else ""
         mem = f"{m['memory_gib']['total']:.1f}" if m.get("memory_gib") else ""
-        table.add_row(str(trial), status, fidelity, layout, tps, mem, reason or "")
+        table.add_row(str(trial), status, fidelity_summary(labels), layout, tps, mem, reason or "")
     console.print(table)

@@ -20,8 +20,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from autotune.errors import StorageError
-from autotune.results.best import FIDELITY_RANK, best_report
-from autotune.results.render import layout_summary
+from autotune.results.best import FIDELITY_RANK, best_report, fidelity_labels
+from autotune.results.render import fidelity_summary, layout_summary
 from autotune.search.objectives import Objective, objective_for
 from autotune.spec import parse_spec
 from autotune.store.storage import EvaluationRecord, Storage
@@ -90,7 +90,7 @@ def _best_card(report: dict[str, Any]) -> str:
     if report["config"] is None:
         return _note("No layout fits: every evaluated layout was rejected (see the reasons below).")
     m = report["metrics"]
-    items = {"trial": report["trial"], "fidelity": report["fidelity"], "GPUs": m.get("gpus"),
+    items = {"trial": report["trial"], "fidelity": fidelity_summary(report), "GPUs": m.get("gpus"),
              "tokens/s": f"{m.get('tokens_per_s', 0):,.0f}", "step time": f"{m.get('step_time_s', 0):.3f} s",
              "MFU": f"{m.get('mfu', 0):.1%}", "memory / rank": f"{(m.get('memory_gib') or {}).get('total', 0):.1f} GiB",
              "training days": f"{m['training_days']:.1f}" if m.get("training_days") is not None else "-"}
@@ -140,6 +140,12 @@ def _stacked(rows: list[EvaluationRecord], parts: dict[str, list[float]], ylabel
     fig = go.Figure([go.Bar(name=_e(k), x=labels, y=v, hovertext=hover) for k, v in parts.items()])
     fig.update_layout(barmode="stack", yaxis_title=ylabel, xaxis_title="trial (best first)")
     return _fig(fig, div_id)
+
+
+def _from(report: dict[str, Any], half: str) -> str:
+    """`` (memory: dryrun)``: the fidelity of the best layout's memory or time figures, for a section title."""
+    fid = report.get(f"{half}_fidelity")
+    return f" ({half}: {fid})" if fid else ""
 
 
 def _breakdowns(top: list[EvaluationRecord]) -> tuple[str, str]:
@@ -217,7 +223,8 @@ def _table(rows: list[EvaluationRecord]) -> str:
     body = []
     for r in rows:
         m = r.metrics
-        body.append(f'<tr><td data-v="{r.trial}">{r.trial}</td><td>{_e(r.status)}</td><td>{_e(r.fidelity)}</td>'
+        fidelity = fidelity_summary(fidelity_labels(r.fidelity, m))
+        body.append(f'<tr><td data-v="{r.trial}">{r.trial}</td><td>{_e(r.status)}</td><td>{_e(fidelity)}</td>'
                     f"<td>{_e(_summary(r.layout))}</td>{num(m.get('gpus'), 'd')}{num(m.get('tokens_per_s'), ',.0f')}"
                     f"{num(m.get('step_time_s'), '.3f')}{num((m.get('memory_gib') or {}).get('total'), '.1f')}"
                     f"{num(m.get('mfu'), '.1%')}{num(m.get('training_days'), '.1f')}<td>{_e(r.reason or '')}</td></tr>")
@@ -249,8 +256,8 @@ def render_report(store: Storage, study: str) -> str:
     sections = [
         _section("Best layout", _best_card(report)),
         _section("Pareto front", _pareto([r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) == top_fid])),
-        _section(f"Memory breakdown, top {len(top)} layouts", memory_html),
-        _section(f"Step-time breakdown, top {len(top)} layouts", time_html),
+        _section(f"Memory breakdown, top {len(top)} layouts{_from(report, 'memory')}", memory_html),
+        _section(f"Step-time breakdown, top {len(top)} layouts{_from(report, 'time')}", time_html),
         _section("Optimisation history", _history(ok, objective)),
         _section("Parameter importances", _importances(store, study)),
         _section("Rejected layouts by reason", _reasons(report)),
