@@ -26,10 +26,10 @@ TRAIN = TrainingSpec(seq_len=64, global_batch=4, precision="fp32")
 CPU = get_gpu("cpu")
 
 
-def _task(world: int, gpu=CPU, **options: object) -> EvalTask:
+def _task(world: int, gpu=CPU, training=TRAIN, **options: object) -> EvalTask:
     layout = {k: options.pop(k) for k in ("tp", "pp", "cp", "vpp", "zero") if k in options}
-    cfg = derive(MODEL, TRAIN, world, **layout)
-    return EvalTask(model=MODEL, training=TRAIN, gpu=gpu, gpus_per_node=4, config=cfg,
+    cfg = derive(MODEL, training, world, **layout)
+    return EvalTask(model=MODEL, training=training, gpu=gpu, gpus_per_node=4, config=cfg,
                     options={"steps": 2, "step_timeout_s": 60} | options)
 
 
@@ -74,6 +74,7 @@ def test_pp_dp_world4_reports_step_time_memory_and_loss() -> None:
     assert [i for i, _ in seen] == [0, 1] and m["step_times_s"] == [s for _, s in seen]
     assert m["step_time_s"] > 0 and m["tokens_per_s"] == pytest.approx(4 * 64 / m["step_time_s"])
     assert math.isfinite(m["loss"]) and 0 < m["mfu"] < 1
+    assert m["gemm_precision"] == "fp32"  # CPU fp32 GEMMs: the MFU divides by the profile's fp32 peak
     mem = m["memory_gib"]
     assert set(mem) == {"weights", "gradients", "optimizer", "activations", "other", "total"}
     assert mem["weights"] > 0 and mem["optimizer"] > 0 and mem["total"] >= mem["weights"] + mem["optimizer"]
@@ -114,3 +115,24 @@ def test_context_parallel_on_gloo_is_unsupported_through_the_registry_in_a_ray_t
     [res] = ray_local.get(run.remote("measure", [_task(2, cp=2)]), timeout=120)
     assert res.status == "unsupported" and res.fidelity == "measure"
     assert "context parallelism on cpu" in res.reason
+
+
+FP8_REASON = "precision fp8 cannot be measured on cpu ranks: CPU ranks have no fp8 GEMM kernels"
+
+
+def test_fp8_on_cpu_is_unsupported_before_any_placement_group() -> None:
+    from ray.util import placement_group_table
+
+    before = len(placement_group_table())
+    res = measure_trial(_task(2, training=TRAIN.model_copy(update={"precision": "fp8"})))
+    assert res.status == "unsupported" and res.fidelity == "measure" and res.metrics == {}
+    assert res.reason.startswith(FP8_REASON) and "measured precisions: fp32, bf16, fp16" in res.reason
+    assert len(placement_group_table()) == before  # refused before a placement group was asked for
+
+
+def test_a_rank_refuses_fp8_before_joining_a_group() -> None:
+    from workers.measure_rank import RankWorker
+
+    task = _task(2, training=TRAIN.model_copy(update={"precision": "fp8"}))
+    out = RankWorker().setup(0, "127.0.0.1", 1, task, timeout_s=1.0)  # no group on port 1: it must not try
+    assert out["status"] == "unsupported" and out["reason"].startswith(FP8_REASON)
