@@ -20,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "GPUSpec",
     "ClusterSpec",
+    "ReliabilitySpec",
     "TrainingSpec",
     "SearchSpec",
     "StudySpec",
@@ -176,6 +177,40 @@ class GPUSpec(_Frozen):
         return self.peak_tflops[dtype]
 
 
+#: Llama 3 herd paper (Dubey et al. 2024, §3.3.4, Table 5): 419 unexpected interruptions in 54 days on 16,384 H100s.
+LLAMA3_FAILURES_PER_GPU_DAY = 419 / (54 * 16384)
+
+
+class ReliabilitySpec(_Frozen):
+    """Failures, restarts and checkpoints of a real cluster (``autotune.costmodel.reliability`` uses them)."""
+
+    failures_per_gpu_day: PosFloat = Field(
+        LLAMA3_FAILURES_PER_GPU_DAY, description="Job-stopping failures per GPU per day (a node's failure counts "
+        "once per GPU it holds); default 419 / (54 x 16,384) = 4.74e-4, the Llama 3 405B run's unexpected "
+        "interruptions (Dubey et al. 2024, §3.3.4), 78 % of them hardware.")
+    restart_min: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        10.0, description="Minutes from a failure to training again, checkpoint reload excluded: detect the hang "
+        "or error, drain, reschedule onto spare nodes, start the processes and build the NCCL communicators. "
+        "Default 10 (FlashRecovery, Zhang et al. 2025, reports 150 s on 4,800 devices as the optimised case).")
+    checkpoint_write_gbps_per_node: PosFloat = Field(
+        5.0, description="Checkpoint write bandwidth of one node to the storage system, GB/s (default 5: about "
+        "a 100 Gb/s front-end NIC at 40 %).")
+    checkpoint_read_gbps_per_node: PosFloat = Field(5.0, description="Checkpoint read bandwidth per node, GB/s.")
+    storage_write_gbps: PosFloat = Field(
+        2000.0, description="Aggregate write bandwidth of the storage system, GB/s; default 2,000 = the 2 TB/s "
+        "sustained throughput of Meta's Tectonic cluster for Llama 3 (Dubey et al. 2024, §3.3.1; 7 TB/s peak).")
+    storage_read_gbps: PosFloat = Field(2000.0, description="Aggregate read bandwidth of the storage system, GB/s.")
+    async_checkpoint: bool = Field(
+        False, description="Asynchronous checkpointing (Megatron-LM --async-save, torch DCP async_save): training "
+        "stalls only while a rank copies its shard to host memory; the write to storage runs in the background.")
+    snapshot_gbps: PosFloat = Field(
+        20.0, description="Device-to-host copy bandwidth per GPU for an asynchronous snapshot, GB/s (default 20: "
+        "pinned copies over PCIe Gen5 x16 reach 40-50 GB/s, shared with other traffic).")
+    checkpoint_interval_min: PosFloat | None = Field(
+        None, description="Fixed minutes of training between checkpoints; default: the Young/Daly interval "
+        "sqrt(2 x checkpoint stall x job MTBF).")
+
+
 class ClusterSpec(_Frozen):
     """The machines: GPU kind, GPUs per node, nodes (a list of node counts asks for a Pareto study)."""
 
@@ -186,6 +221,28 @@ class ClusterSpec(_Frozen):
     profile: str | None = Field(None, description="Stored calibrated profile NAME or NAME@V (`autotune calibrate`) "
                                 "in the study's database, scoring instead of gpu's catalog figures; `submit "
                                 "--profile` pins it here as NAME@V so `resume` scores with the same version.")
+
+    reliability: ReliabilitySpec | Literal["off"] = Field(
+        ReliabilitySpec(), description="Failure and checkpoint figures for the expected time to train (defaults: "
+        "the Llama 3 405B run), or off: the ideal figures (steps x step time) only.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reliability_switch(cls, data: Any) -> Any:
+        """``reliability: off`` (YAML reads it as false) or ``on`` (the defaults); anything else that is not a
+        mapping is refused with the allowed values."""
+        value = data.get("reliability") if isinstance(data, dict) else None
+        if isinstance(value, bool) or value == "on":
+            data = dict(data) | {"reliability": {} if value in (True, "on") else "off"}
+        elif value is not None and not isinstance(value, dict | ReliabilitySpec) and value != "off":
+            raise ValueError(f"reliability must be off, on or a mapping of {', '.join(ReliabilitySpec.model_fields)}"
+                             f" (got {value!r})")
+        return data
+
+    @property
+    def reliability_on(self) -> bool:
+        """Whether the estimates include failures, checkpoints and restarts."""
+        return self.reliability != "off"
 
     @property
     def node_counts(self) -> list[int]:
@@ -302,7 +359,8 @@ def _field_model(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]
 def format_validation_error(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
     """One line naming the first failing field path, the problem, the allowed values and the input."""
     e = err.errors()[0]
-    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in {"ModelSpec", "str"})))
+    tags = {"ModelSpec", "ReliabilitySpec", "str"}
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in tags)))
     path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "spec"
     msg = e["msg"].replace("Value error, ", "")
     if e["type"] == "extra_forbidden":

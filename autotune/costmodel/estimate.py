@@ -4,6 +4,11 @@ step time, throughput, MFU and training time.
 :func:`estimate_many` scores any number of layouts in one vectorised pass and builds one JSON-ready dict
 per layout; :func:`estimate` is the same path for a single layout, so a layout scored in a study and the
 same layout given to ``autotune estimate`` produce identical figures.
+
+``training_days``, ``gpu_hours`` and ``cost`` are the ideal figures (steps × step time). Unless
+``cluster.reliability`` is off, each row adds a ``reliability`` block (:mod:`autotune.costmodel.reliability`:
+job MTBF, checkpoint size and times, interval, goodput) and the expected figures with failures beside them:
+``goodput``, ``expected_training_days``, ``expected_gpu_hours``, ``expected_failures``, ``expected_cost``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from autotune.config import ParallelConfig
 from autotune.costmodel.layout import Layout, layout_arrays
 from autotune.costmodel.memory import memory_breakdown
+from autotune.costmodel.reliability import RELIABILITY_KEYS, expected_figures, reliability_arrays
 from autotune.costmodel.time import step_time
 from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, TrainingSpec
 
@@ -25,7 +31,7 @@ __all__ = ["estimate", "estimate_many", "estimate_arrays", "memory_reason", "MEM
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "other", "total")
 TIME_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p", "dp_comm_exposed", "optimizer")
 #: Bumped whenever a formula changes, so cached evaluations of an older model are not reused.
-COST_MODEL_VERSION = "4"
+COST_MODEL_VERSION = "5"
 _TIME_SCALARS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu")
 
 
@@ -53,7 +59,8 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
     n = len(configs)
     if n == 0:
         return []
-    raw = estimate_arrays(model, training, gpu, cluster.gpus_per_node, layout_arrays(configs))
+    L = layout_arrays(configs)
+    raw = estimate_arrays(model, training, gpu, cluster.gpus_per_node, L)
     mem, tm = raw["memory"], raw["time"]
     memory = {k: _column(mem[k], n) for k in MEMORY_KEYS}
     breakdown = {k: _column(tm[k], n) for k in TIME_KEYS}
@@ -63,6 +70,10 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
     worst = np.broadcast_to(np.asarray(mem["worst_stage"], dtype=np.int64), (n,)).tolist()
     params = model.param_count()
     steps = training.total_steps()
+    rel = None
+    if cluster.reliability_on:
+        rel_raw = reliability_arrays(model, training, cluster.reliability, cluster.gpus_per_node, L)
+        rel = {k: _column(rel_raw[k], n) for k in RELIABILITY_KEYS}
     out = []
     for i, cfg in enumerate(configs):
         row: dict[str, Any] = {
@@ -79,6 +90,9 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
             row["gpu_hours"] = seconds / 3600.0 * cfg.world
             if cluster.price_per_gpu_hour is not None:
                 row["cost"] = row["gpu_hours"] * cluster.price_per_gpu_hour
+        if rel is not None:
+            row["reliability"] = {k: rel[k][i] for k in RELIABILITY_KEYS}
+            row |= expected_figures(row, row["reliability"], cluster.price_per_gpu_hour)
         out.append(row)
     return out
 

@@ -35,13 +35,20 @@ class Objective:
 
 
 def objective_for(spec: StudySpec) -> Objective:
-    """The objective a spec asks for; checks it has the data it needs."""
+    """The objective a spec asks for; checks it has the data it needs.
+
+    ``time_to_train`` and ``pareto`` minimise the expected days (and cost) with failures, checkpoints and
+    restarts (:mod:`autotune.costmodel.reliability`) unless ``cluster.reliability`` is off, then the ideal ones.
+    """
     has_size = spec.training.total_samples() is not None
     if spec.objective == "throughput":
         return Objective("throughput", ("tokens_per_s",), ("maximize",))
     if not has_size:
         raise SpecError(f"objective: {spec.objective} needs training.tokens or training.samples (+ epochs)")
+    expected = spec.cluster.reliability_on
+    days = "expected_training_days" if expected else "training_days"
     if spec.objective == "time_to_train":
-        return Objective("time_to_train", ("training_days",), ("minimize",))
-    second = "cost" if spec.cluster.price_per_gpu_hour is not None else "gpus"
-    return Objective("pareto", ("training_days", second), ("minimize", "minimize"))
+        return Objective("time_to_train", (days,), ("minimize",))
+    if spec.cluster.price_per_gpu_hour is None:
+        return Objective("pareto", (days, "gpus"), ("minimize", "minimize"))
+    return Objective("pareto", (days, "expected_cost" if expected else "cost"), ("minimize", "minimize"))
