@@ -1,21 +1,35 @@
-"""``autotune estimate``: memory, time and verdict for one layout."""
+"""``autotune estimate``: memory, time and verdict for one layout.
+
+The command takes a flag for every field of :class:`~autotune.config.ParallelConfig` that is not derived
+(the names in :data:`autotune.config.DERIVE_KEYS`) and for every field of
+:class:`~autotune.spec.TrainingSpec`; each flag is the field name with dashes (``--pp-schedule``,
+``--grad-buffers``, booleans as ``--X/--no-X``). A flag left out keeps the SPEC file's value, else the
+field's default. :mod:`autotune.results.reproduce` writes the same flags to print a stored layout's command.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer
+from pydantic import ValidationError
 
-from autotune.config import derive
+from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate
-from autotune.errors import SpecError
+from autotune.errors import InfeasibleConfig, SpecError
 from autotune.results.render import print_estimate
-from autotune.spec import parse_spec, read_mapping
-from autotune.study.resolve import resolve
+from autotune.results.reproduce import flag
+from autotune.spec import ModelSpec, TrainingSpec, format_validation_error, parse_spec, read_mapping
+from autotune.study.resolve import Problem, resolve
 
 __all__ = ["estimate_cmd", "spec_with_overrides"]
+
+#: Cluster flags (parameter name -> spec path); ``gpus`` is split into gpus_per_node x nodes.
+CLUSTER_FLAGS = {"gpu": "cluster.gpu", "gpus": "gpus", "gpus_per_node": "cluster.gpus_per_node",
+                 "price_per_gpu_hour": "cluster.price_per_gpu_hour", "profile": "cluster.profile"}
 
 
 def _put(d: dict[str, Any], path: str, value: Any) -> None:
@@ -35,7 +49,8 @@ def spec_with_overrides(spec: Path | None, overrides: dict[str, Any], name: str 
     if not isinstance(data.get("cluster", {}), dict):
         raise SpecError(f"cluster: must be a mapping (gpu, gpus_per_node, nodes), got {data['cluster']!r}")
     gpus = overrides.pop("gpus", None)
-    gpn = overrides.get("cluster.gpus_per_node") or data.get("cluster", {}).get("gpus_per_node", 8)
+    gpn = overrides.get("cluster.gpus_per_node")
+    gpn = data.get("cluster", {}).get("gpus_per_node", 8) if gpn is None else gpn
     if gpus is not None:
         if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
             raise SpecError(f"cluster.gpus_per_node: must be a positive integer (got {gpn!r})")
@@ -63,26 +78,100 @@ def _dryrun_text(result: dict[str, Any]) -> str:
                       f"{result['flops']:.3e} FLOPs/rank/iteration"])
 
 
+def _training_help(name: str) -> str:
+    """Help for a TrainingSpec flag: the field's description, its choices and its default."""
+    field = TrainingSpec.model_fields[name]
+    choices = [str(c) for c in get_args(field.annotation) if isinstance(c, str)]
+    text = field.description or name
+    text += f" ({' | '.join(choices)})" if choices else ""
+    return text + ("" if field.default is None or field.is_required() else f" [default: {field.default}]")
+
+
+def _model_ref(model: str | None) -> str | ModelSpec | None:
+    """``--model``: a preset or path as given, or an inline JSON object of ModelSpec fields."""
+    if model is None or not model.lstrip().startswith("{"):
+        return model
+    try:
+        return ModelSpec.model_validate(json.loads(model))
+    except json.JSONDecodeError as e:
+        raise SpecError(f"--model: inline model is not a valid JSON object: {e.msg} (column {e.colno})") from e
+    except ValidationError as e:
+        raise SpecError(f"--model: {format_validation_error(e, ModelSpec)}") from e
+
+
+def _name_flag(err: SpecError, given: dict[str, str]) -> SpecError:
+    """``err`` with its leading spec path replaced by the flag that set it (``--seq-len: ...``)."""
+    path, sep, rest = str(err).partition(": ")
+    for prefix, name in given.items():
+        if sep and path == prefix:
+            return SpecError(f"{name}: {rest}")
+        if sep and path.startswith(prefix + "."):
+            return SpecError(f"{name} ({path}): {rest}")
+    return err
+
+
+def _flag_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Spec overrides (dotted path -> value) of the model, cluster and training flags."""
+    out = {"model": _model_ref(params["model"])}
+    out |= {path: params[name] for name, path in CLUSTER_FLAGS.items()}
+    return out | {f"training.{name}": params[name] for name in TrainingSpec.model_fields}
+
+
+def _layout(problem: Problem, params: dict[str, Any]) -> ParallelConfig:
+    """derive() with the layout flags given (the rest keep derive's defaults); a bad value names its flag."""
+    kwargs = layout_kwargs({k: v for k, v in params.items() if v is not None})
+    try:
+        return derive(problem.model, problem.training, problem.gpus, **kwargs)
+    except InfeasibleConfig as e:
+        bad = re.match(r"(\w+)=\S+ must be ", str(e))
+        if bad and bad.group(1) in kwargs:
+            raise SpecError(f"{flag(bad.group(1))}: {e}") from e
+        raise
+
+
 def estimate_cmd(
+    ctx: typer.Context,
     spec: Path | None = typer.Argument(None, help="Study spec (YAML/TOML); flags override its fields."),
-    model: str | None = typer.Option(None, help="Model preset, model YAML or HF config.json."),
-    gpu: str | None = typer.Option(None, help="GPU name (a100-40gb, a100-80gb, h100-sxm, h200, b200, mi300x, cpu)."),
+    model: str | None = typer.Option(None, help="Model preset, model YAML, HF config.json, or an inline JSON "
+                                                "object of model fields ('{\"layers\": 2, ...}')."),
+    gpu: str | None = typer.Option(None, help="GPU name (a100-40gb, a100-80gb, h100-sxm, h200, b200, mi300x, cpu) "
+                                              "or GPU YAML."),
     gpus: int | None = typer.Option(None, help="Total GPUs."),
     gpus_per_node: int | None = typer.Option(None, help="GPUs per node [default: 8]."),
-    seq_len: int | None = typer.Option(None, help="Sequence length."),
-    global_batch: int | None = typer.Option(None, help="Global batch in sequences."),
-    precision: str | None = typer.Option(None, help="fp32 | bf16 | fp16 | fp8 [default: bf16]."),
-    tokens: float | None = typer.Option(None, help="Dataset size in tokens (for training time)."),
-    tp: int = typer.Option(1, help="Tensor-parallel degree."),
-    pp: int = typer.Option(1, help="Pipeline-parallel degree."),
-    cp: int = typer.Option(1, help="Context-parallel degree."),
-    vpp: int = typer.Option(1, help="Virtual pipeline chunks per stage."),
-    zero: int = typer.Option(0, help="ZeRO stage 0-3."),
+    price_per_gpu_hour: float | None = typer.Option(None, help="Cost of one GPU-hour (adds `cost`)."),
+    seq_len: int | None = typer.Option(None, help=_training_help("seq_len")),
+    global_batch: int | None = typer.Option(None, help=_training_help("global_batch")),
+    precision: str | None = typer.Option(None, help=_training_help("precision")),
+    optimizer: str | None = typer.Option(None, help=_training_help("optimizer")),
+    grad_buffers: str | None = typer.Option(None, help=_training_help("grad_buffers")),
+    flash_attention: bool | None = typer.Option(None, "--flash-attention/--no-flash-attention",
+                                                help=_training_help("flash_attention")),
+    tokens: float | None = typer.Option(None, help=_training_help("tokens")),
+    samples: int | None = typer.Option(None, help=_training_help("samples")),
+    epochs: float | None = typer.Option(None, help=_training_help("epochs")),
+    tp: int | None = typer.Option(None, help="Tensor-parallel degree [default: 1]."),
+    pp: int | None = typer.Option(None, help="Pipeline-parallel degree [default: 1]."),
+    cp: int | None = typer.Option(None, help="Context-parallel degree [default: 1]."),
+    vpp: int | None = typer.Option(None, help="Virtual pipeline chunks per stage [default: 1]."),
+    zero: int | None = typer.Option(None, help="ZeRO stage 0-3 [default: 0]."),
     dp_shard: int | None = typer.Option(None, help="ZeRO shard group size [default: dp] (< dp: HSDP)."),
-    micro_batch: int = typer.Option(1, help="Micro-batch size."),
-    recompute: str = typer.Option("none", help="none | selective | full."),
-    recompute_layers: int | None = typer.Option(None, help="Layers per stage to recompute (full only)."),
-    sp: bool = typer.Option(False, "--sp/--no-sp", help="Sequence parallelism (needs tp > 1)."),
+    micro_batch: int | None = typer.Option(None, help="Micro-batch size [default: 1]."),
+    recompute: str | None = typer.Option(None, help="none | selective | full [default: none]."),
+    recompute_layers: int | None = typer.Option(None, help="Layers per stage to recompute (full only) "
+                                                           "[default: all]."),
+    sequence_parallel: bool | None = typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
+                                                  "--sp/--no-sp", help="Sequence parallelism (needs tp > 1) "
+                                                                       "[default: off]."),
+    pp_schedule: str | None = typer.Option(None, help="1f1b (interleaved when vpp > 1) | gpipe [default: 1f1b]."),
+    tp_comm_overlap: bool | None = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
+                                                help="Overlap TP collectives with GEMMs (needs tp > 1) "
+                                                     "[default: off]."),
+    overlap_grad_reduce: bool | None = typer.Option(None, "--overlap-grad-reduce/--no-overlap-grad-reduce",
+                                                    help="Overlap the DP gradient reduction with backward "
+                                                         "[default: on]."),
+    overlap_param_gather: bool | None = typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",
+                                                     help="Overlap ZeRO parameter all-gathers with compute "
+                                                          "[default: on]."),
     profile: str | None = typer.Option(None, help="Stored calibrated profile NAME or NAME@VERSION (replaces --gpu)."),
     storage: str | None = typer.Option(None, help="SQLAlchemy URL holding --profile [default: $AUTOTUNE_STORAGE "
                                                    "or sqlite:///autotune.db]."),
@@ -93,21 +182,25 @@ def estimate_cmd(
 ) -> None:
     """Per-rank memory breakdown, step time, tokens/s, MFU, fit verdict and training time of one layout.
 
-    ``--fidelity dryrun`` runs the layout at full size on fake tensors instead (seconds to a minute; needs
-    torch) and prints the same memory keys plus ``flops`` and ``fidelity``.
+    Every layout field and training switch has a flag; flags override the SPEC's fields. ``autotune best``
+    prints the command that reproduces its layouts. ``--fidelity dryrun`` runs the layout at full size on
+    fake tensors instead (seconds to a minute; needs torch) and prints the same memory keys plus ``flops``
+    and ``fidelity``.
     """
     if fidelity not in ("analytic", "dryrun"):
         raise SpecError(f"fidelity: must be analytic or dryrun (got {fidelity!r})")
-    data = spec_with_overrides(spec, {
-        "model": model, "cluster.gpu": gpu, "gpus": gpus, "cluster.gpus_per_node": gpus_per_node,
-        "training.seq_len": seq_len, "training.global_batch": global_batch,
-        "training.precision": precision, "training.tokens": tokens, "cluster.profile": profile,
-    })
-    data.setdefault("cluster", {}).setdefault("gpu", profile)
-    problem = resolve(parse_spec(data), storage=storage)
-    cfg = derive(problem.model, problem.training, problem.gpus, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero,
-                 dp_shard=dp_shard, micro_batch=micro_batch, recompute=recompute,
-                 recompute_layers=recompute_layers, sequence_parallel=sp)
+    overrides = _flag_overrides(ctx.params)
+    given = {path: flag(path.rpartition(".")[2]) for path, value in overrides.items() if value is not None}
+    try:
+        data = spec_with_overrides(spec, overrides)
+        data.setdefault("cluster", {}).setdefault("gpu", profile)
+        problem = resolve(parse_spec(data), storage=storage)
+    except SpecError as e:
+        raise _name_flag(e, given) from e
+    if isinstance(problem.training.global_batch, list):
+        raise SpecError(f"--global-batch: the spec lists several global batch sizes {problem.training.global_batch}; "
+                        "give one")
+    cfg = _layout(problem, ctx.params)
     if fidelity == "dryrun":
         from workers.dryrun import dryrun_estimate  # imports torch: only when asked for
 

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from autotune.errors import AutotuneError
+from autotune.results.reproduce import estimate_command
 from autotune.search.objectives import Objective
 from autotune.store.storage import EvaluationRecord, Storage
 
@@ -88,7 +89,7 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
     }
     if not ok:
         return out | {"config": None, "metrics": None, "fidelity": None, "memory_fidelity": None,
-                      "time_fidelity": None, "trial": None, "runners_up": []}
+                      "time_fidelity": None, "trial": None, "estimate_command": None, "runners_up": []}
     top_fid = max(FIDELITY_RANK.get(r.fidelity, 0) for r in ok)
     ranked = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) == top_fid]
     reverse = objective.directions[0] == "maximize"
@@ -101,6 +102,11 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
             seen.add(key)
             unique.append(r)
     best = unique[0]
+    spec = storage.study_spec(study)
+
+    def command(layout: dict[str, Any]) -> str | None:
+        return None if spec is None else estimate_command(spec, layout, storage.display_url)
+
     lower = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) < top_fid]
     out |= {
         "config": best.layout,
@@ -108,7 +114,9 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
         "fidelity": best.fidelity,
         **fidelity_labels(best.fidelity, best.metrics),
         "trial": best.trial,
+        "estimate_command": command(best.layout),
         "runners_up": [{"trial": r.trial, "config": r.layout, "fidelity": r.fidelity,
+                        "estimate_command": command(r.layout),
                         **fidelity_labels(r.fidelity, r.metrics),
                         "metrics": _metrics_view(r.metrics), "lost_by": why_lost(best.metrics, r.metrics)}
                        for r in unique[1:top + 1]],
