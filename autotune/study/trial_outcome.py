@@ -26,14 +26,12 @@ from autotune.costmodel.estimate import COST_MODEL_VERSION, memory_reason
 from autotune.errors import InfeasibleConfig
 from autotune.evaluation import TrialResult
 from autotune.search.frameworks import unsupported_reason
-from autotune.search.objectives import Objective
 from autotune.search.samplers import CONSTRAINT
-from autotune.search.space import SearchSpace
 from autotune.search.thompson import MEMORY_ATTR
-from autotune.spec import ClusterSpec, StudySpec
+from autotune.spec import ClusterSpec, TrainingSpec
 from autotune.store.mirror import FinishedTrial
 from autotune.store.storage import EvaluationRecord
-from autotune.study.resolve import Problem
+from autotune.study.plan import StudyPlan
 from autotune.study.run_options import RunOptions
 
 __all__ = ["STATE_OF", "Asked", "Pending", "TrialOutcomes", "reason_kind"]
@@ -68,8 +66,13 @@ class Pending:
     params: dict[str, Any]
     cfg: ParallelConfig
     cluster: ClusterSpec
+    training: TrainingSpec
     key: str
     estimate: dict[str, Any]
+
+
+#: Estimate keys a dry run measures itself: never copied from the analytic estimate onto a dry-run result.
+_MEASURED_BY_DRY_RUN = frozenset({"memory_gib", "capacity_gib", "fits", "worst_stage"})
 
 
 def reason_kind(reason: str) -> str:
@@ -86,47 +89,45 @@ def _scored(status: str, kind: str | None, metrics: dict[str, Any]) -> bool:
 class TrialOutcomes:
     """Screens one study's proposals and turns each outcome into its evaluation row and its sampler tell."""
 
-    def __init__(self, spec: StudySpec, problem: Problem, objective: Objective, space: SearchSpace,
-                 options: RunOptions):
-        self.spec = spec
-        self.problem = problem
-        self.objective = objective
-        self.space = space
+    def __init__(self, plan: StudyPlan, options: RunOptions):
+        self.plan = plan
+        self.spec = plan.spec
+        self.problem = plan.problem
+        self.objective = plan.objective
+        self.space = plan.space
         self.options = options
         self.fidelity = options.evaluator
 
-    def _cluster(self, nodes: int) -> ClusterSpec:
-        return self.spec.cluster.model_copy(update={"nodes": nodes})
-
-    def _cache_key(self, cfg: ParallelConfig, cluster: ClusterSpec) -> str:
+    def _cache_key(self, cfg: ParallelConfig, cluster: ClusterSpec, training: TrainingSpec) -> str:
         blob = json.dumps({
             "model": self.problem.model.model_dump(mode="json"), "gpu": self.problem.gpu.model_dump(mode="json"),
             "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes, "price": cluster.price_per_gpu_hour,
-            "training": self.problem.training.model_dump(mode="json"), "layout": cfg.to_dict(),
+            "training": training.model_dump(mode="json"), "layout": cfg.to_dict(),
             "fidelity": self.fidelity, "cost_model": COST_MODEL_VERSION, "options": self.options.evaluator_options,
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def screen(self, trial: Asked, params: dict[str, Any]) -> Pending | EvaluationRecord:
         """Validate and memory-screen one proposal; a rejection is returned as its record."""
-        cluster = self._cluster(params["nodes"])
+        case = self.plan.case_of(params)
+        cluster, training = self.plan.cluster(case.nodes), self.plan.training(case.global_batch)
         kwargs = layout_kwargs(params)
         layout = dict(params)
         try:
-            cfg = derive(self.problem.model, self.problem.training, cluster.gpus, **kwargs)
+            cfg = derive(self.problem.model, training, cluster.gpus, **kwargs)
         except InfeasibleConfig as e:
             return self._record(trial, layout, "infeasible", {}, reason=str(e))
-        layout = cfg.to_dict() | {"nodes": cluster.nodes}
+        layout = cfg.to_dict() | self.plan.tags(case)
         if self.space.framework != "any":
-            why = unsupported_reason(self.space.framework, cfg, self.problem.training)
+            why = unsupported_reason(self.space.framework, cfg, training)
             if why:
                 return self._record(trial, layout, "unsupported", {}, reason=why)
-        est = estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
+        est = estimate(self.problem.model, training, self.problem.gpu, cluster, cfg)
         est["gpus"] = cluster.gpus
         if not est["fits"]:
-            reason = memory_reason(est['memory_gib']['total'], est['capacity_gib'])
+            reason = memory_reason(est["memory_gib"]["total"], est["capacity_gib"])
             return self._record(trial, layout, "infeasible", est, reason=reason, kind="memory")
-        return Pending(trial, params, cfg, cluster, self._cache_key(cfg, cluster), est)
+        return Pending(trial, params, cfg, cluster, training, self._cache_key(cfg, cluster, training), est)
 
     def from_cache(self, p: Pending, hit: EvaluationRecord) -> EvaluationRecord:
         """The record of a screened trial whose evaluation is reused from the cache."""
@@ -135,14 +136,16 @@ class TrialOutcomes:
 
     def from_result(self, p: Pending, res: TrialResult) -> EvaluationRecord:
         """The record of a worker's result (a measured trial the pruner stopped becomes ``pruned``)."""
-        metrics = self.with_time(p.cfg, p.cluster, res.metrics, p.estimate) if res.ok else dict(res.metrics)
+        metrics = self.with_time(p.cfg, p.cluster, res.metrics, p.estimate, p.training) if res.ok \
+            else dict(res.metrics)
         metrics |= {"gpus": p.cluster.gpus} if metrics else {}
         status, reason = res.status, res.reason
         if status == "ok" and metrics.get("pruned"):
             steps = len(metrics.get("step_times_s", []))
             status, reason = "pruned", (f"pruned after {steps} timed step(s): tokens/s below the median of "
                                         "earlier trials at that step (MedianPruner)")
-        return self._record(p.trial, p.cfg.to_dict() | {"nodes": p.cluster.nodes}, status, metrics,
+        return self._record(p.trial, p.cfg.to_dict() | self.plan.tags(self.plan.case_of(p.params)), status,
+                            metrics,
                             reason=reason, fidelity=res.fidelity, wall_s=res.wall_s, host=res.host,
                             key=None if status == "pruned" else p.key)
 
@@ -173,20 +176,20 @@ class TrialOutcomes:
             mem.tell(trial.mem, values, skip_if_finished=True)
         else:
             mem.tell(trial.mem, state=state, skip_if_finished=True)
-        frozen = mem._storage.get_trial(trial.mem._trial_id)
+        frozen = mem.get_trials(deepcopy=False)[trial.mem.number]
         system = {k: v for k, v in frozen.system_attrs.items() if k.startswith("constraints")}
         return FinishedTrial(trial_id=trial.db_id, state=state, values=values, params=frozen.params,
                              distributions=frozen.distributions, user_attrs=attrs, system_attrs=system,
                              write_params=not trial.claimed)
 
     def with_time(self, cfg: ParallelConfig, cluster: ClusterSpec, metrics: dict[str, Any],
-                  est: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A result that measured no time (the dry run: exact memory) gets the analytic time figures (from
-        ``est``, the screen's estimate of this layout, when given), marked ``time_fidelity: analytic``; a
-        result with its own step time is returned as it is."""
+                  est: dict[str, Any] | None = None, training: TrainingSpec | None = None) -> dict[str, Any]:
+        """A result that measured no time (the dry run: exact memory) gets every figure of the analytic
+        estimate that it did not measure itself — the time figures and what follows from them (from ``est``,
+        the screen's estimate of this layout, when given; else estimated at ``training``, default the
+        problem's) — marked ``time_fidelity: analytic``; a result with its own step time is returned as it is."""
         if "step_time_s" in metrics:
             return dict(metrics)
-        est = est or estimate(self.problem.model, self.problem.training, self.problem.gpu, cluster, cfg)
-        keys = ("step_time_s", "time_breakdown_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu",
-                "hfu", "training_steps", "training_days", "gpu_hours", "cost")
-        return dict(metrics) | {k: est[k] for k in keys if k in est} | {"time_fidelity": "analytic"}
+        est = est or estimate(self.problem.model, training or self.problem.training, self.problem.gpu, cluster, cfg)
+        analytic = {k: v for k, v in est.items() if k not in metrics and k not in _MEASURED_BY_DRY_RUN}
+        return dict(metrics) | analytic | {"time_fidelity": "analytic"}
