@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from autotune.errors import InfeasibleConfig
 from autotune.spec import ModelSpec, TrainingSpec
 
-__all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "PP_SCHEDULES", "DERIVE_KEYS", "derive", "layout_kwargs"]
+__all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "PP_SCHEDULES", "LAYOUT_FIELDS", "DERIVED_FIELDS",
+           "DERIVE_KEYS", "derive", "layout_kwargs"]
 
 Recompute = Literal["none", "selective", "full"]
-RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
+RECOMPUTE_MODES: tuple[str, ...] = get_args(Recompute)
 PPSchedule = Literal["1f1b", "gpipe"]
-PP_SCHEDULES: tuple[str, ...] = ("1f1b", "gpipe")
+PP_SCHEDULES: tuple[str, ...] = get_args(PPSchedule)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,10 +84,12 @@ class ParallelConfig:
         return tuple(self.to_dict().values())
 
 
+#: Every field of a layout, in declaration order (the cost model's numeric layout uses the same order).
+LAYOUT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ParallelConfig))
+#: Fields :func:`derive` computes from the others and the training target.
+DERIVED_FIELDS: tuple[str, ...] = ("dp", "grad_accum")
 #: The keyword arguments of :func:`derive` that a space point can set.
-DERIVE_KEYS: tuple[str, ...] = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute",
-                                "recompute_layers", "sequence_parallel", "pp_schedule", "tp_comm_overlap",
-                                "overlap_grad_reduce", "overlap_param_gather")
+DERIVE_KEYS: tuple[str, ...] = tuple(k for k in LAYOUT_FIELDS if k not in DERIVED_FIELDS)
 
 
 def layout_kwargs(values: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from autotune.config import ParallelConfig
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
@@ -19,7 +19,7 @@ __all__ = ["Status", "STATUSES", "EvalTask", "TrialResult", "Evaluator"]
 Status = Literal["ok", "oom", "infeasible", "timeout", "crash", "nan", "unsupported", "error", "pruned"]
 #: Every outcome a trial can have. ``ok`` is the only success; ``pruned`` is a measured trial the
 #: driver's pruner stopped early because it was clearly slower than earlier ones.
-STATUSES: tuple[str, ...] = ("ok", "oom", "infeasible", "timeout", "crash", "nan", "unsupported", "error", "pruned")
+STATUSES: tuple[str, ...] = get_args(Status)
 
 
 @dataclass(frozen=True, kw_only=True)

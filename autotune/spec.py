@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,6 +25,11 @@ __all__ = [
     "SearchSpec",
     "StudySpec",
     "Precision",
+    "Sampler",
+    "SAMPLERS",
+    "Fidelity",
+    "FIDELITIES",
+    "NAME_PATTERN",
     "load_spec",
     "parse_spec",
     "read_mapping",
@@ -32,6 +37,14 @@ __all__ = [
 ]
 
 Precision = Literal["fp32", "bf16", "fp16", "fp8"]
+Sampler = Literal["auto", "tpe", "gp", "random", "nsga2", "grid", "thompson"]
+#: Sampler names; ``auto`` enumerates an analytic study and runs ``tpe`` at the expensive fidelities.
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+Fidelity = Literal["analytic", "dryrun", "measure"]
+#: Evaluation fidelities, cheapest (least trustworthy) first.
+FIDELITIES: tuple[str, ...] = get_args(Fidelity)
+#: Study and profile names: letters, digits, ``._-`` (they appear in file names).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -55,6 +68,9 @@ class ModelSpec(_Frozen):
     norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="LayerNorm (2h) or RMSNorm (h).")
     bias: Literal["none", "qkv", "all"] = Field("none", description="Which linear layers carry biases.")
     position_embedding: Literal["learned", "rope"] = Field("rope", description="Learned table or RoPE.")
+    rope_theta: PosFloat = Field(
+        10000.0, description="RoPE base (theta) of the rotary frequencies; 10000 is the RoFormer value and"
+        " Megatron-LM's default (Llama 3 uses 500000). Ignored with learned positions.")
     max_seq_len: PosInt = Field(2048, description="Positions of a learned table; longest trained sequence.")
     dropout: bool = Field(False, description="Dropout layers present (stores 1-byte masks).")
 
@@ -221,7 +237,6 @@ class ClusterSpec(_Frozen):
     profile: str | None = Field(None, description="Stored calibrated profile NAME or NAME@V (`autotune calibrate`) "
                                 "in the study's database, scoring instead of gpu's catalog figures; `submit "
                                 "--profile` pins it here as NAME@V so `resume` scores with the same version.")
-
     reliability: ReliabilitySpec | Literal["off"] = Field(
         ReliabilitySpec(), description="Failure and checkpoint figures for the expected time to train (defaults: "
         "the Llama 3 405B run), or off: the ideal figures (steps x step time) only.")
@@ -259,7 +274,8 @@ class TrainingSpec(_Frozen):
     """The training target: sequence length, global batch, precision and dataset size."""
 
     seq_len: PosInt = Field(description="Tokens per sequence s.")
-    global_batch: PosInt = Field(description="Sequences per optimizer step (GBS).")
+    global_batch: PosInt | list[PosInt] = Field(
+        description="Sequences per optimizer step (GBS), or several: one study answers each batch size.")
     precision: Precision = Field("bf16", description="Compute precision.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Adam keeps 2 fp32 states per parameter.")
     grad_buffers: Literal["fp32", "low", "both"] = Field(
@@ -278,7 +294,19 @@ class TrainingSpec(_Frozen):
     def _one_size(self) -> TrainingSpec:
         if self.tokens is not None and self.samples is not None:
             raise ValueError("give either tokens or samples (+ epochs), not both")
+        if isinstance(self.global_batch, list) and (not self.global_batch
+                                                    or len(set(self.global_batch)) != len(self.global_batch)):
+            raise ValueError(f"global_batch: a list must be non-empty without repeats (got {self.global_batch})")
         return self
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Global batch sizes as a list (one element unless the spec lists several)."""
+        return list(self.global_batch) if isinstance(self.global_batch, list) else [self.global_batch]
+
+    def at_batch(self, global_batch: int) -> TrainingSpec:
+        """This target with one global batch size (what the cost model and layouts take)."""
+        return self if self.global_batch == global_batch else self.model_copy(update={"global_batch": global_batch})
 
     def total_samples(self) -> float | None:
         """Sequences processed in the whole run (seed 001: epochs × samples), or None if unknown."""
@@ -298,11 +326,13 @@ class SearchSpec(_Frozen):
     """How to search: space, sampler, budget, evaluator."""
 
     space: str = Field("megatron", description="Space name (megatron|deepspeed|fsdp) or a YAML path.")
-    sampler: Literal["tpe", "gp", "random", "nsga2", "grid", "thompson"] = Field(
-        "tpe", description="Optuna sampler (thompson: Bayesian linear models over the enumerated space).")
+    sampler: Sampler = Field(
+        "auto", description="auto: an analytic study scores the whole space in one vectorised pass, dryrun and "
+        "measure studies run tpe; or an Optuna sampler (thompson: Bayesian linear models over the enumerated "
+        "space), which an analytic study then runs trial by trial (for benchmarking samplers).")
     n_trials: PosInt = Field(200, description="Trial budget.")
-    evaluator: Literal["analytic", "dryrun", "measure"] = Field("analytic", description="Fidelity.")
-    fidelities: list[Literal["analytic", "dryrun", "measure"]] | None = Field(
+    evaluator: Fidelity = Field("analytic", description="Fidelity.")
+    fidelities: list[Fidelity] | None = Field(
         None, description="Multi-fidelity pipeline, cheapest first."
     )
     top_k: PosInt = Field(5, description="Layouts promoted to each higher fidelity.")
@@ -312,7 +342,7 @@ class SearchSpec(_Frozen):
 
     @model_validator(mode="after")
     def _fidelity_order(self) -> SearchSpec:
-        order = ("analytic", "dryrun", "measure")
+        order = FIDELITIES
         if self.fidelities is not None:
             ranks = [order.index(f) for f in self.fidelities]
             if not self.fidelities or self.fidelities[0] != "analytic" or ranks != sorted(set(ranks)):
@@ -329,7 +359,7 @@ class SearchSpec(_Frozen):
 class StudySpec(_Frozen):
     """A whole study: model + cluster + training + search + objective."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="Study name.")
+    name: str = Field(pattern=NAME_PATTERN, description="Study name.")
     model: str | ModelSpec = Field(description="Preset name, model YAML path, HF config.json path, or inline.")
     cluster: ClusterSpec
     training: TrainingSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from autotune.commands.study import STORAGE_HELP
-from autotune.config import ParallelConfig, derive, layout_kwargs
+from autotune.config import DERIVED_FIELDS, ParallelConfig, derive, layout_kwargs
 from autotune.errors import InfeasibleConfig, SpecError, StorageError
 from autotune.export import EXPORTERS, get_exporter, launcher_args
 from autotune.results.best import FIDELITY_RANK, best_report
@@ -24,7 +24,6 @@ from autotune.study.resolve import Problem, resolve
 __all__ = ["export_cmd", "load_layout"]
 
 #: ParallelConfig fields :func:`derive` computes; the stored values must agree.
-_DERIVED = ("dp", "grad_accum")
 
 
 def _row(store: Storage, study: str, trial: int | None, spec: StudySpec) -> EvaluationRecord:
@@ -59,8 +58,8 @@ def load_layout(store: Storage, study: str, trial: int | None) -> tuple[Problem,
     layout = row.layout
     cluster = spec.cluster.model_copy(update={"nodes": layout["nodes"]})
     cfg = derive(problem.model, problem.training, cluster.gpus, **layout_kwargs(layout))
-    stored = {k: layout.get(k) for k in _DERIVED}
-    if stored != {k: getattr(cfg, k) for k in _DERIVED}:
+    stored = {k: layout.get(k) for k in DERIVED_FIELDS}
+    if stored != {k: getattr(cfg, k) for k in DERIVED_FIELDS}:
         raise InfeasibleConfig(f"trial {row.trial}: stored {stored} disagrees with the spec's "
                                f"dp={cfg.dp} grad_accum={cfg.grad_accum}")
     return problem, cluster, cfg, row.trial

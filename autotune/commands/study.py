@@ -16,15 +16,13 @@ from autotune.errors import SpecError, StorageError
 from autotune.results.best import best_report, fidelity_labels
 from autotune.results.render import console, layout_summary, print_best, print_trials
 from autotune.search.objectives import objective_for
-from autotune.search.samplers import check_sampler
-from autotune.search.space import load_space
-from autotune.spec import StudySpec, parse_spec
+from autotune.spec import FIDELITIES, SAMPLERS, StudySpec, parse_spec
 from autotune.store.profiles import load_profile
 from autotune.store.storage import Storage
-from autotune.study.driver import Driver, RunOptions
-from autotune.study.driver import Progress as StudyProgress
-from autotune.study.fidelity import run_fidelities
-from autotune.study.resolve import resolve
+from autotune.study.plan import StudyPlan, plan_study
+from autotune.study.run import run_study
+from autotune.study.run_options import Progress as StudyProgress
+from autotune.study.run_options import RunOptions
 
 __all__ = ["submit_cmd", "resume_cmd", "best_cmd", "studies_cmd", "trials_cmd"]
 
@@ -32,28 +30,22 @@ STORAGE_HELP = "SQLAlchemy URL [default: $AUTOTUNE_STORAGE or sqlite:///autotune
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _execute(driver: Driver, study: optuna.Study, on_progress=None) -> StudyProgress:
-    fids = driver.spec.search.fidelities
-    if fids and len(fids) > 1:
-        return run_fidelities(driver, study, list(fids), driver.spec.search.top_k, on_progress)
-    return driver.run(study, on_progress)
-
-
-def _run(driver: Driver, study: optuna.Study, quiet: bool) -> StudyProgress:
-    unit = driver.objective.keys[0]
+def _run(plan: StudyPlan, store: Storage, options: RunOptions, create: bool, quiet: bool) -> StudyProgress:
     if quiet:
-        return _execute(driver, study)
+        return run_study(plan, store, options, create=create)
+    unit = plan.objective.keys[0]
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("best {task.fields[best]}"), TextColumn("infeasible {task.fields[infeasible]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(driver.spec.name, total=driver.options.n_trials, best="-", infeasible=0)
+        task = bar.add_task(plan.spec.name, total=None if plan.enumerates else options.n_trials, best="-",
+                            infeasible=0)
 
         def update(p: StudyProgress) -> None:
             best = "-" if p.best is None else f"{p.best:,.4g} {unit}"
             bar.update(task, completed=p.done, total=p.total, best=best, infeasible=p.infeasible)
 
-        return _execute(driver, study, update)
+        return run_study(plan, store, options, create=create, on_progress=update)
 
 
 def _options(spec: StudySpec, ray_address: str | None, use_cache: bool) -> RunOptions:
@@ -62,13 +54,17 @@ def _options(spec: StudySpec, ray_address: str | None, use_cache: bool) -> RunOp
                       workers=s.workers, seed=s.seed, ray_address=ray_address, use_cache=use_cache)
 
 
-def _finish(storage: Storage, driver: Driver, progress: StudyProgress, elapsed: float, json_out: bool) -> None:
-    report = best_report(storage, driver.spec.name, driver.objective)
+def _finish(storage: Storage, plan: StudyPlan, progress: StudyProgress, elapsed: float, json_out: bool) -> None:
+    report = best_report(storage, plan.spec.name, plan.objective)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
-    console.print(f"{progress.done} trials in {elapsed:.1f} s ({progress.cached} from cache, "
-                  f"{progress.infeasible} infeasible, {progress.failed} failed) -> {storage.display_url}")
+    if plan.enumerates:
+        console.print(f"{progress.done:,} layouts scored in {elapsed:.1f} s ({progress.cached:,} already stored, "
+                      f"{progress.infeasible:,} rejected) -> {storage.display_url}")
+    else:
+        console.print(f"{progress.done} trials in {elapsed:.1f} s ({progress.cached} from cache, "
+                      f"{progress.infeasible} infeasible, {progress.failed} failed) -> {storage.display_url}")
     print_best(report)
 
 
@@ -78,8 +74,9 @@ def submit_cmd(
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
     n_trials: int | None = typer.Option(None, help="Trial budget."),
     timeout: float | None = typer.Option(None, help="Wall-clock budget, seconds."),
-    sampler: str | None = typer.Option(None, help="tpe | gp | random | nsga2 | grid | thompson."),
-    evaluator: str | None = typer.Option(None, help="analytic | dryrun | measure."),
+    sampler: str | None = typer.Option(None, help=f"{' | '.join(SAMPLERS)} (auto: an analytic study scores every "
+                                                  "layout at once; tpe at the other fidelities)."),
+    evaluator: str | None = typer.Option(None, help=f"{' | '.join(FIDELITIES)}."),
     workers: int | None = typer.Option(None, help="Parallel Ray evaluations."),
     ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
     seed: int | None = typer.Option(None, help="Sampler seed."),
@@ -100,25 +97,15 @@ def submit_cmd(
     if gpu is not None:  # pin the exact version in the stored spec, for resume, report and export
         study_spec = study_spec.model_copy(update={"cluster": study_spec.cluster.model_copy(
             update={"profile": gpu.name})})
-    problem = resolve(study_spec, gpu=gpu)
-    load_space(study_spec.search.space)
-    check_sampler(study_spec.search.sampler, objective_for(study_spec).multi)
-    from workers.registry import EVALUATORS
-
-    offered = [name for name in EVALUATORS if name in ("analytic", "dryrun", "measure")]
-    for fidelity in study_spec.search.fidelities or [study_spec.search.evaluator]:
-        if fidelity not in offered:
-            raise SpecError(f"search.evaluator: {fidelity!r} is not available (allowed: {', '.join(offered)})")
+    plan = plan_study(study_spec, gpu=gpu, storage=storage)
     store = Storage(storage)
     exists = store.study_spec(study_spec.name) is not None
     if exists and not resume:
         raise StorageError(f"name: study {study_spec.name!r} already exists in {store.display_url} "
                            "(use --resume, `autotune resume`, or another --name)")
-    driver = Driver(study_spec, store, _options(study_spec, ray_address, cache), problem)
-    study = driver.open(create=not exists)
     start = time.monotonic()
-    progress = _run(driver, study, quiet or json_out)
-    _finish(store, driver, progress, time.monotonic() - start, json_out)
+    progress = _run(plan, store, _options(study_spec, ray_address, cache), not exists, quiet or json_out)
+    _finish(store, plan, progress, time.monotonic() - start, json_out)
 
 
 def resume_cmd(
@@ -133,25 +120,19 @@ def resume_cmd(
 ) -> None:
     """Continue a study (retrying trials a dead driver left running) up to its budget."""
     store = Storage(storage, create=False)
-    saved = store.study_spec(study)
-    if saved is None:
-        raise StorageError(f"study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
+    saved = store.require_spec(study)
     for key, value in {"n_trials": n_trials, "timeout_s": timeout, "workers": workers}.items():
         if value is not None:
             saved.setdefault("search", {})[key] = value
     study_spec = parse_spec(saved)
-    driver = Driver(study_spec, store, _options(study_spec, ray_address, True))
-    ostudy = driver.open(create=False)
+    plan = plan_study(study_spec, storage=store.url)
     start = time.monotonic()
-    progress = _run(driver, ostudy, quiet or json_out)
-    _finish(store, driver, progress, time.monotonic() - start, json_out)
+    progress = _run(plan, store, _options(study_spec, ray_address, True), False, quiet or json_out)
+    _finish(store, plan, progress, time.monotonic() - start, json_out)
 
 
 def _objective(store: Storage, study: str):
-    saved = store.study_spec(study)
-    if saved is None:
-        raise StorageError(f"study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
-    return objective_for(parse_spec(saved))
+    return objective_for(parse_spec(store.require_spec(study)))
 
 
 def best_cmd(

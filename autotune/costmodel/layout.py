@@ -11,17 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config import PP_SCHEDULES, RECOMPUTE_MODES, ParallelConfig
+from autotune.config import LAYOUT_FIELDS, PP_SCHEDULES, RECOMPUTE_MODES, ParallelConfig
 
 __all__ = ["FIELDS", "Layout", "layout_scalars", "layout_arrays"]
 
 #: Field order of a layout; ``recompute`` is coded 0 none, 1 selective, 2 full; ``recompute_layers`` 0 = all;
 #: ``pp_schedule`` 0 = 1f1b (interleaved when vpp > 1), 1 = gpipe.
-FIELDS = (
-    "tp", "pp", "dp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "grad_accum", "recompute",
-    "recompute_layers", "pp_schedule", "sequence_parallel", "tp_comm_overlap", "overlap_grad_reduce",
-    "overlap_param_gather",
-)
+FIELDS = LAYOUT_FIELDS
 
 Layout = Mapping[str, Any]
 

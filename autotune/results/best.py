@@ -8,12 +8,13 @@ from typing import Any
 from autotune.errors import AutotuneError
 from autotune.results.reproduce import estimate_command
 from autotune.search.objectives import Objective
+from autotune.spec import FIDELITIES
 from autotune.store.storage import EvaluationRecord, Storage
 
 __all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison", "fidelity_labels"]
 
 #: Higher is more trustworthy: ``best`` ranks by the highest fidelity that has a successful result.
-FIDELITY_RANK = {"analytic": 0, "dryrun": 1, "measure": 2}
+FIDELITY_RANK = {name: rank for rank, name in enumerate(FIDELITIES)}
 
 
 def fidelity_labels(fidelity: str, metrics: dict[str, Any]) -> dict[str, str | None]:

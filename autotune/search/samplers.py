@@ -10,10 +10,10 @@ import optuna
 from autotune.errors import SpecError
 from autotune.search.space import SearchSpace
 from autotune.search.thompson import ThompsonSampler
+from autotune.spec import SAMPLERS
 
 __all__ = ["SAMPLERS", "check_sampler", "make_sampler", "CONSTRAINT"]
 
-SAMPLERS = ("tpe", "gp", "random", "nsga2", "grid", "thompson")
 #: Trial constraint (``Trial.set_constraint``): GiB over usable memory; <= 0 means the layout fits.
 #: TPE, GP and NSGA-II rank constraint violators below every feasible trial.
 CONSTRAINT = "memory_over_gib"
@@ -41,6 +41,7 @@ def make_sampler(name: str, seed: int | None, multi_objective: bool,
         "thompson": lambda: ThompsonSampler(space, CONSTRAINT, seed=seed),
     }
     check_sampler(name, multi_objective)
+    name = "tpe" if name == "auto" else name  # a sampled study under ``auto`` (dryrun, measure) runs TPE
     if name == "thompson" and space is None:
         raise ValueError("the thompson sampler needs the search space")
     with warnings.catch_warnings():  # TPE's ``group`` is flagged experimental; it is what conditional spaces need

@@ -28,14 +28,13 @@ from typing import Any
 
 import yaml
 
+from autotune.config import DERIVE_KEYS
 from autotune.errors import SpecError
 
 __all__ = ["Dimension", "SearchSpace", "load_space", "space_names", "LAYOUT_KEYS"]
 
 #: Dimensions a space may declare (the arguments of :func:`autotune.config.derive`, plus ``nodes``).
-LAYOUT_KEYS = ("tp", "pp", "cp", "vpp", "zero", "dp_shard", "micro_batch", "recompute", "recompute_layers",
-               "sequence_parallel", "tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather",
-               "pp_schedule", "nodes")
+LAYOUT_KEYS = (*DERIVE_KEYS, "nodes")
 _FRAMEWORKS = ("megatron", "deepspeed", "torchtitan", "any")
 _NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare, ast.Name, ast.Load,
           ast.Constant, ast.List, ast.Tuple, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In,
@@ -129,16 +128,18 @@ class SearchSpace:
 
         yield from walk(0, dict(self.fixed))
 
-    def specialise(self, *, layers: int, heads: int, seq_len: int, global_batch: int,
+    def specialise(self, *, layers: int, heads: int, seq_len: int, global_batch: int | list[int],
                    gpu_counts: list[int]) -> SearchSpace:
         """Drop choices no layout of this problem can use, one dimension at a time.
 
         tp must divide heads and one of the GPU counts; pp must divide layers and a GPU count; cp must
-        divide seq_len and a GPU count; vpp must divide layers; micro_batch must divide global_batch.
+        divide seq_len and a GPU count; vpp must divide layers; micro_batch must divide one of the global batch sizes.
         Unconditional tp, pp and cp are then joined into one ``tp_pp_cp`` dimension of the products that
         divide a GPU count, so a sampler never spends trials on meshes that cannot exist (most of the
         raw product does not divide the GPU count, and samplers learn such constraints slowly).
         """
+        batches = global_batch if isinstance(global_batch, list) else [global_batch]
+
         def fits(n: int) -> bool:
             return any(g % n == 0 for g in gpu_counts)
 
@@ -147,7 +148,7 @@ class SearchSpace:
             "pp": lambda v: layers % v == 0 and fits(v),
             "cp": lambda v: seq_len % v == 0 and fits(v),
             "vpp": lambda v: layers % v == 0,
-            "micro_batch": lambda v: global_batch % v == 0,
+            "micro_batch": lambda v: any(b % v == 0 for b in batches),
         }
         dims = []
         for d in self.dimensions:

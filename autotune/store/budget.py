@@ -19,8 +19,9 @@ import datetime as dt
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages._rdb import models
 from sqlalchemy import and_, exists, func, or_, select, update
+
+from autotune.store import optuna_adapter as models
 
 __all__ = ["Slot", "RECORDED_ATTR", "reserve", "usage", "requeue_orphans"]
 
@@ -102,7 +103,7 @@ def requeue_orphans(study: optuna.Study, min_age_s: float) -> tuple[int, float]:
     ago (a live driver re-queues within milliseconds of failing) and that no trial's retry history ends
     with is handed to the same callback, which also enforces its ``max_retry``.
     """
-    callback = study._storage.get_heartbeat_stale_trial_callback()
+    callback = models.study_storage(study).get_heartbeat_stale_trial_callback()
     if callback is None:
         return 0, 0.0
     trials = study.get_trials(deepcopy=False)

@@ -4,7 +4,8 @@ Optuna's public ``Trial.set_user_attr`` / ``tell`` cost one transaction each, an
 templated trial is checked against earlier trials with extra queries (~30 ms a trial on SQLite). The
 driver's trials are all drawn from one fixed space, so the checks add nothing; this module writes
 params, values, user and system attributes and the final state of a whole batch with Optuna's own
-ORM models (``optuna.storages._rdb.models``, the schema of the installed Optuna) in one commit.
+ORM models (the schema of the installed Optuna, through :mod:`autotune.store.optuna_adapter`) in one
+commit.
 Trials are created RUNNING with a heartbeat when asked (:mod:`autotune.store.budget`), so stale-trial retry
 keeps working. A trial is written only while it is still RUNNING: the conditional state update comes
 first (SQLite's write lock, PostgreSQL's row lock), so a trial another driver failed as stale meanwhile
@@ -21,9 +22,10 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json
-from optuna.storages._rdb import models
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+
+from autotune.store import optuna_adapter as models
 
 __all__ = ["FinishedTrial", "record_finished"]
 

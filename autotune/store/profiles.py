@@ -25,12 +25,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from autotune.errors import SpecError, StorageError
-from autotune.spec import GPUSpec, format_validation_error
+from autotune.spec import NAME_PATTERN, GPUSpec, format_validation_error
 from autotune.store.storage import Storage
 
-__all__ = ["Profile", "ProfileStore", "parse_ref", "to_yaml", "load_profile", "NAME_PATTERN"]
+__all__ = ["Profile", "ProfileStore", "parse_ref", "to_yaml", "load_profile"]
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class _Base(DeclarativeBase):
@@ -78,7 +77,7 @@ class Profile:
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``NAME`` -> (NAME, None); ``NAME@V`` -> (NAME, V)."""
-    m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})(?:@(\d+))?", ref)
+    m = re.fullmatch(f"({NAME_PATTERN.strip('^$')})(?:@(\\d+))?", ref)
     if m is None:
         raise SpecError(f"profile: {ref!r} is not NAME or NAME@VERSION (letters, digits, . _ -)")
     return m.group(1), int(m.group(2)) if m.group(2) else None

@@ -32,8 +32,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import (
@@ -167,12 +169,15 @@ def _row(e: _Evaluation) -> EvaluationRecord:
     )
 
 
+def _columns(r: EvaluationRecord) -> dict[str, Any]:
+    return dict(study=r.study, trial=r.trial, fidelity=r.fidelity, cache_key=r.cache_key,
+                layout_json=json.dumps(r.layout, sort_keys=True), metrics_json=json.dumps(r.metrics),
+                status=r.status, reason=r.reason, reason_kind=r.reason_kind, value=r.value, wall_s=r.wall_s,
+                host=r.host, cached=r.cached)
+
+
 def _evaluation(r: EvaluationRecord) -> _Evaluation:
-    return _Evaluation(
-        study=r.study, trial=r.trial, fidelity=r.fidelity, cache_key=r.cache_key,
-        layout_json=json.dumps(r.layout, sort_keys=True), metrics_json=json.dumps(r.metrics),
-        status=r.status, reason=r.reason, reason_kind=r.reason_kind, value=r.value, wall_s=r.wall_s,
-        host=r.host, cached=r.cached)
+    return _Evaluation(**_columns(r))
 
 
 class Storage:
@@ -269,6 +274,13 @@ class Storage:
             row = s.scalar(select(_Study).where(_Study.name == name))
             return None if row is None else json.loads(row.spec_json)
 
+    def require_spec(self, study: str, field: str = "study") -> dict[str, Any]:
+        """The spec ``study`` was submitted with; :class:`StorageError` naming ``field`` when it does not exist."""
+        spec = self.study_spec(study)
+        if spec is None:
+            raise StorageError(f"{field}: no study named {study!r} in {self.display_url} (see `autotune studies`)")
+        return spec
+
     def studies(self) -> list[dict[str, Any]]:
         """Every study with its evaluation counts."""
         with Session(self.engine) as s:
@@ -291,6 +303,42 @@ class Storage:
             return
         with Session(self.engine) as s, s.begin():
             s.add_all(_evaluation(r) for r in records)
+
+    def stage_rows(self, study: str, fidelity: str, numbered: bool) -> int:
+        """How many rows of a study's bulk stage at ``fidelity`` are stored: rows numbered 0, 1, ... when
+        ``numbered``, else the unnumbered (trial -1) rows of a multi-fidelity stage."""
+        e = _Evaluation
+        which = e.trial >= 0 if numbered else e.trial == -1
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(e).where(
+                e.study == study, e.fidelity == fidelity, which)) or 0)
+
+    def append_stage(self, study: str, start: int, records: list[EvaluationRecord], *, numbered: bool) -> int:
+        """Store rows ``start .. start + len(records)`` of a study's bulk stage (rows are produced in one
+        deterministic order) in one transaction; return how many were new.
+
+        The transaction first writes the study's ``autotune_studies`` row, so SQLite takes its write lock
+        and PostgreSQL locks the row before the stored rows are counted: drivers appending the same stage
+        at once never store a row twice, and a driver killed mid-insert leaves whole chunks only.
+        """
+        if not records:
+            return 0
+        fidelity = records[0].fidelity
+        e = _Evaluation
+        which = e.trial >= 0 if numbered else e.trial == -1
+        with Session(self.engine) as s, s.begin():
+            locked = s.execute(update(_Study).where(_Study.name == study).values(name=_Study.name)).rowcount
+            if locked != 1:
+                self.require_spec(study)
+            stored = int(s.scalar(select(func.count()).select_from(e).where(
+                e.study == study, e.fidelity == fidelity, which)) or 0)
+            if stored < start:
+                raise StorageError(f"study: {study!r} holds {stored} rows of its {fidelity} stage, fewer than the "
+                                   f"{start} before this chunk (rows were deleted?)")
+            new = records[stored - start:]
+            if new:
+                s.execute(insert(e), [_columns(r) for r in new])
+            return len(new)
 
     def cached(self, keys: list[str]) -> dict[str, EvaluationRecord]:
         """Earlier evaluations (any study) with these cache keys, not themselves cache hits."""

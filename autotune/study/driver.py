@@ -35,17 +35,18 @@ from typing import Any
 
 import optuna
 
-from autotune import __version__
-from autotune.costmodel.estimate import COST_MODEL_VERSION
 from autotune.evaluation import EvalTask
-from autotune.search.objectives import Objective, objective_for
+from autotune.search.objectives import Objective
 from autotune.search.samplers import make_sampler
-from autotune.search.space import SearchSpace, load_space
+from autotune.search.space import SearchSpace
 from autotune.spec import StudySpec
 from autotune.store.budget import Slot, requeue_orphans, reserve, usage
 from autotune.store.mirror import record_finished
+from autotune.store.optuna_adapter import study_id
 from autotune.store.storage import HEARTBEAT_S, EvaluationRecord, Storage
-from autotune.study.resolve import Problem, resolve
+from autotune.study.db_study import open_db_study
+from autotune.study.plan import StudyPlan, plan_study
+from autotune.study.resolve import Problem
 from autotune.study.run_options import Progress, RunOptions
 from autotune.study.trial_outcome import STATE_OF, Asked, Pending, TrialOutcomes
 
@@ -73,19 +74,17 @@ def _fail_stale(study: optuna.Study, settle: bool = False) -> None:
 class Driver:
     """Runs one study: asks Optuna, screens, dispatches to Ray, tells, records."""
 
-    def __init__(self, spec: StudySpec, storage: Storage, options: RunOptions, problem: Problem | None = None):
+    def __init__(self, spec: StudySpec, storage: Storage, options: RunOptions, plan: StudyPlan | None = None):
         self.spec = spec
         self.storage = storage
         self.options = options
-        self.problem = problem or resolve(spec, storage=storage.url)
-        self.objective: Objective = objective_for(spec)
-        self.node_counts = spec.cluster.node_counts
-        m, t = self.problem.model, self.problem.training
-        self.space: SearchSpace = load_space(spec.search.space).specialise(
-            layers=m.layers, heads=m.heads, seq_len=t.seq_len, global_batch=t.global_batch,
-            gpu_counts=[n * spec.cluster.gpus_per_node for n in self.node_counts])
+        self.plan = plan or plan_study(spec, storage=storage.url)
+        self.problem: Problem = self.plan.problem
+        self.objective: Objective = self.plan.objective
+        self.node_counts = self.plan.node_counts
+        self.space: SearchSpace = self.plan.space
         self.fidelity = options.evaluator
-        self.outcomes = TrialOutcomes(spec, self.problem, self.objective, self.space, options)
+        self.outcomes = TrialOutcomes(self.plan, options)
         self._sampler = make_sampler(options.sampler, options.seed, self.objective.multi, self.space)
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
@@ -95,16 +94,9 @@ class Driver:
     # study lifecycle -----------------------------------------------------------------------------
     def open(self, create: bool) -> optuna.Study:
         """Create (``create``) or load the study in the DB; seed the in-memory sampling study from it."""
-        ostore = self.storage.optuna()
         directions = list(self.objective.directions)
-        recorder = optuna.samplers.RandomSampler()
-        if create:
-            study = optuna.create_study(study_name=self.spec.name, storage=ostore, directions=directions,
-                                        sampler=recorder, load_if_exists=True)  # a concurrent driver may win
-            self.storage.add_study(self.spec.name, self.spec.model_dump(mode="json"), __version__,
-                                   COST_MODEL_VERSION)
-        else:
-            study = optuna.load_study(study_name=self.spec.name, storage=ostore, sampler=recorder)
+        study = open_db_study(self.plan, self.storage, create)
+        if not create:
             _fail_stale(study, settle=True)
         pruner = None if self.objective.multi else optuna.pruners.MedianPruner(
             n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_STEPS)
@@ -135,10 +127,10 @@ class Driver:
 
     def _propose(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         params = self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)))
-        if len(self.node_counts) > 1:
-            params["nodes"] = trial.suggest_categorical("nodes", self.node_counts)
-        else:
-            params["nodes"] = self.node_counts[0]
+        for key, values in (("nodes", self.node_counts), ("global_batch", self.plan.batch_sizes)):
+            if len(values) > 1:
+                params[key] = trial.suggest_categorical(key, values)
+        params["nodes"] = params.get("nodes", self.node_counts[0])
         return params
 
     # loop ----------------------------------------------------------------------------------------
@@ -147,10 +139,12 @@ class Driver:
         seen = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)}
         queue = []
         for point in self.space.points():
-            for nodes in self.node_counts:
+            for case in self.plan.cases:
                 rec = self.space.active_params(point)
                 if len(self.node_counts) > 1:
-                    rec["nodes"] = nodes
+                    rec["nodes"] = case.nodes
+                if len(self.plan.batch_sizes) > 1:
+                    rec["global_batch"] = case.global_batch
                 key = json.dumps(rec, sort_keys=True)
                 if key not in seen:
                     seen.add(key)
@@ -215,7 +209,7 @@ class Driver:
         ostore, deadline = self.storage.optuna(), self.options.timeout_s
         while deadline is None or time.monotonic() - start <= deadline:
             _fail_stale(study)
-            taken, running = usage(ostore, study._study_id)
+            taken, running = usage(ostore, study_id(study))
             progress.done = taken - running
             if taken < self.options.n_trials or not running:
                 return taken < self.options.n_trials
@@ -225,7 +219,7 @@ class Driver:
     def _step(self, study: optuna.Study, pool: Any, k: int, progress: Progress) -> int:
         """Reserve, screen, evaluate and record up to ``k`` trials; return how many were reserved."""
         t0 = time.perf_counter()
-        slots = reserve(self.storage.optuna(), study._study_id, self.options.n_trials, k)
+        slots = reserve(self.storage.optuna(), study_id(study), self.options.n_trials, k)
         progress.storage_s += time.perf_counter() - t0
         asked: dict[int, Asked] = {}
         done: list[EvaluationRecord] = []
@@ -242,7 +236,7 @@ class Driver:
         progress.storage_s += time.perf_counter() - t0
         todo = [p for p in pending if p.key not in hits]
         done += [self.outcomes.from_cache(p, hits[p.key]) for p in pending if p.key in hits]
-        tasks = [EvalTask(model=self.problem.model, training=self.problem.training, gpu=self.problem.gpu,
+        tasks = [EvalTask(model=self.problem.model, training=p.training, gpu=self.problem.gpu,
                           gpus_per_node=p.cluster.gpus_per_node, config=p.cfg, trial=p.trial.number,
                           options=self.options.evaluator_options
                           | {"price_per_gpu_hour": p.cluster.price_per_gpu_hour}) for p in todo]
@@ -267,10 +261,9 @@ class Driver:
         """Per-step reports of measured trials to the pruner (single-objective studies only)."""
         if self.objective.multi:
             return None
-        tokens = self.problem.training.global_batch * self.problem.training.seq_len
-
         def hook(task: EvalTask) -> Callable[[int, float], bool]:
             trial = asked[task.trial].mem
+            tokens = task.training.global_batch * task.training.seq_len
 
             def on_step(step: int, seconds: float) -> bool:
                 trial.report(tokens / seconds if self.objective.keys[0] == "tokens_per_s" else seconds, step)

@@ -1,8 +1,8 @@
 """Multi-fidelity studies: ``search.fidelities: [analytic, dryrun, measure]`` with ``search.top_k``.
 
 1. ``analytic`` scores the whole space exhaustively with the vectorised cost model (no sampler beats
-   enumeration when every layout costs microseconds); each valid layout is stored as an evaluation row
-   (trial -1: not an Optuna trial).
+   enumeration when every layout costs microseconds; :mod:`autotune.study.analytic`); every layout is
+   stored as an evaluation row (trial -1: not an Optuna trial).
 2. Each middle fidelity (e.g. ``dryrun``) evaluates the ``top_k`` layouts of the stage before, ranked
    by its objective among those that fit, and stores them.
 3. The last fidelity runs as an Optuna study (the usual driver, ``search.n_trials`` trials) warm-started
@@ -16,38 +16,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autotune.costmodel import estimate
+from autotune.config import LAYOUT_FIELDS, ParallelConfig
 from autotune.errors import SpecError
 from autotune.evaluation import EvalTask
-from autotune.search.enumerate import score_space
 from autotune.store.storage import EvaluationRecord
+from autotune.study.analytic import run_analytic
 from autotune.study.driver import Driver, Progress
 
 __all__ = ["run_fidelities"]
 
 
-def _analytic_stage(driver: Driver) -> list[tuple[dict[str, Any], Any, dict[str, Any]]]:
-    """(params, config, metrics) of every fitting layout, best first; stores every valid layout."""
-    p = driver.problem
-    scored = score_space(p, driver.space)
-    rows, ranked = [], []
-    for i, cfg in enumerate(scored.configs):
-        if cfg is None:
-            continue
-        metrics = estimate(p.model, p.training, p.gpu, p.cluster, cfg) | {"gpus": p.gpus}
-        fits = bool(scored.fits[i])
-        rows.append(EvaluationRecord(
-            study=driver.spec.name, trial=-1, fidelity="analytic", layout=cfg.to_dict() | {"nodes": p.cluster.nodes},
-            metrics=metrics, status="ok" if fits else "infeasible",
-            reason=None if fits else f"memory: {metrics['memory_gib']['total']:.1f} GiB > "
-                                     f"{metrics['capacity_gib']:.1f} GiB usable",
-            reason_kind=None if fits else "memory", value=driver.objective.values(metrics)[0]))
-        if fits:
-            ranked.append((scored.points[i], cfg, metrics))
-    driver.storage.add_evaluations(rows)
-    reverse = driver.objective.directions[0] == "maximize"
-    ranked.sort(key=lambda item: driver.objective.values(item[2])[0], reverse=reverse)
-    return ranked
+def _analytic_stage(driver: Driver) -> list[tuple[dict[str, Any], ParallelConfig, dict[str, Any]]]:
+    """(params, config, metrics) of every fitting layout, best first; stores every layout of the space
+    (:mod:`autotune.study.analytic`, unnumbered rows)."""
+    _, stage = run_analytic(driver.plan, driver.storage, numbered=False)
+    return [(stage.params[i], ParallelConfig(**{k: stage.rows[i].layout[k] for k in LAYOUT_FIELDS}),
+             stage.rows[i].metrics) for i in stage.ranked(driver.plan)]
 
 
 def _middle_stage(driver: Driver, fidelity: str, ranked: list[Any], top_k: int) -> list[Any]:
@@ -84,8 +68,9 @@ def run_fidelities(driver: Driver, study: Any, fidelities: list[str], top_k: int
     """Run the stages of a multi-fidelity study; ``driver`` is set up for the last fidelity."""
     if fidelities[0] != "analytic":
         raise SpecError(f"search.fidelities: must start with analytic (got {fidelities})")
-    if len(driver.node_counts) > 1:
-        raise SpecError("search.fidelities: a multi-fidelity study takes one cluster size (cluster.nodes)")
+    if len(driver.plan.cases) > 1:
+        raise SpecError("search.fidelities: a multi-fidelity study takes one cluster size (cluster.nodes) and one "
+                        "global batch (training.global_batch)")
     if driver.fidelity != fidelities[-1]:
         raise SpecError(f"search.evaluator: {driver.fidelity!r} must be the last fidelity {fidelities[-1]!r}")
     ranked = _analytic_stage(driver)

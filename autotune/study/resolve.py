@@ -12,7 +12,8 @@ __all__ = ["Problem", "resolve"]
 
 @dataclass(frozen=True)
 class Problem:
-    """A study's fixed inputs with catalog names resolved."""
+    """A study's fixed inputs with catalog names resolved; ``training`` has one global batch size (the first
+    of a list) and ``cluster`` its first node count."""
 
     model: ModelSpec
     gpu: GPUSpec
@@ -36,5 +37,5 @@ def resolve(spec: StudySpec, gpu: GPUSpec | None = None, storage: str | None = N
         model=resolve_model(spec.model),
         gpu=gpu or resolve_gpu(spec.cluster.gpu),
         cluster=spec.cluster,
-        training=spec.training,
+        training=spec.training.at_batch(spec.training.batch_sizes[0]),
     )

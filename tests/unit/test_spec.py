@@ -43,7 +43,7 @@ def test_yaml_and_toml_load_the_same(tmp_path) -> None:
     ("nodes: 1}", "nodes: 1, racks: 2}", "cluster.racks: unknown field (allowed: gpu, gpus_per_node, nodes,"),
     ("seq_len: 8192", "seq_len: -1", "training.seq_len: Input should be greater than 0"),
     ("sampler: tpe", "sampler: cmaes",
-     "search.sampler: Input should be 'tpe', 'gp', 'random', 'nsga2', 'grid' or 'thompson'"),
+     "search.sampler: Input should be 'auto', 'tpe', 'gp', 'random', 'nsga2', 'grid' or 'thompson'"),
     ("objective: throughput", "objective: speed", "objective: Input should be 'throughput'"),
     ("name: llama3-8b-h100x8", "name: ../../etc", "name: String should match pattern"),
 ])

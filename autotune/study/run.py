@@ -1,0 +1,71 @@
+"""Running a study, as ``submit``/``resume`` (and a service) do: one entry point over both paths.
+
+- An ``analytic`` study with ``sampler: auto`` is the analytic stage alone (:mod:`autotune.study.analytic`):
+  the whole space of every case scored in one vectorised pass and stored in bulk. Its
+  :data:`DASHBOARD_TRIALS` best layouts are also written as COMPLETE Optuna trials, so optuna-dashboard
+  shows them (user attribute ``evaluation`` names their evaluation row).
+- Every other study runs the Optuna driver (:class:`autotune.study.driver.Driver`): an analytic study with
+  a named sampler (how ``benchmarks/search_efficiency.py`` compares samplers), ``dryrun`` and ``measure``
+  studies (``auto`` runs TPE there), and multi-fidelity studies (:mod:`autotune.study.fidelity`), whose
+  first stage is the same analytic stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+
+from autotune.store.budget import reserve
+from autotune.store.mirror import FinishedTrial, record_finished
+from autotune.store.optuna_adapter import study_id
+from autotune.store.storage import Storage
+from autotune.study.analytic import Stage, run_analytic
+from autotune.study.db_study import open_db_study
+from autotune.study.driver import Driver
+from autotune.study.fidelity import run_fidelities
+from autotune.study.plan import StudyPlan
+from autotune.study.run_options import Progress, RunOptions
+
+__all__ = ["DASHBOARD_TRIALS", "run_study"]
+
+DASHBOARD_TRIALS = 10
+"""Best layouts of an enumerated study written as Optuna trials."""
+
+
+def run_study(plan: StudyPlan, storage: Storage, options: RunOptions, *, create: bool,
+              on_progress: Callable[[Progress], None] | None = None) -> Progress:
+    """Run (or continue: ``create=False``) the study ``plan`` describes to its end."""
+    if plan.enumerates:
+        study = open_db_study(plan, storage, create)
+        progress, stage = run_analytic(plan, storage, numbered=True, on_progress=on_progress)
+        _mirror_best(plan, storage, study, stage)
+        return progress
+    driver = Driver(plan.spec, storage, options, plan)
+    study = driver.open(create=create)
+    fidelities = plan.spec.search.fidelities
+    if fidelities and len(fidelities) > 1:
+        return run_fidelities(driver, study, list(fidelities), plan.spec.search.top_k, on_progress)
+    return driver.run(study, on_progress)
+
+
+def _mirror_best(plan: StudyPlan, storage: Storage, study: optuna.Study, stage: Stage) -> None:
+    """Write the stage's best layouts as Optuna trials, once per study: the slots are taken under the
+    study's budget lock (:func:`autotune.store.budget.reserve`), so a second driver finds none left."""
+    ranked = stage.ranked(plan)[:DASHBOARD_TRIALS]
+    slots = reserve(storage.optuna(), study_id(study), len(ranked), len(ranked))
+    choices = {d.name: d.choices for d in plan.space.dimensions} | {
+        k: tuple(plan.values_of(k)) for k in ("nodes", "global_batch")}
+    finished = []
+    for slot, i in zip(slots, ranked, strict=False):
+        row, params = stage.rows[i], stage.params[i]
+        m = row.metrics
+        finished.append(FinishedTrial(
+            trial_id=slot.trial_id, state=optuna.trial.TrialState.COMPLETE, values=plan.objective.values(m),
+            params=params, distributions={k: CategoricalDistribution(choices[k]) for k in params},
+            user_attrs={"status": row.status, "fidelity": row.fidelity, "layout": row.layout,
+                        "evaluation": row.trial, "memory_gib": round(m["memory_gib"]["total"], 3),
+                        "step_time_s": m["step_time_s"], "tokens_per_s": m["tokens_per_s"], "mfu": m["mfu"]},
+            system_attrs={}))
+    record_finished(storage.optuna(), finished)
