@@ -1,5 +1,8 @@
 """One contract suite run over every storage back end (SQLite and PostgreSQL), as Optuna's storage tests are.
 
+Covered: studies, evaluation rows (order, status filter, a caller's session), the cache, the bulk stage
+writer (``append_stage``/``stage_rows``), and the trial budget (:mod:`autotune.store.budget`).
+
 The PostgreSQL server is the session fixture of tests/conftest.py (installed and started on loopback, or
 skipped with the reason). Its database is shared by the whole session, so every test writes under its own
 study name and cache keys. Expected rows are the records the test wrote, compared field by field.
@@ -15,6 +18,7 @@ import optuna
 import pytest
 from sqlalchemy import text
 
+from autotune.errors import StorageError
 from autotune.store.budget import RECORDED_ATTR, requeue_orphans, reserve, usage
 from autotune.store.storage import EvaluationRecord, Storage
 
@@ -160,13 +164,42 @@ def test_finished_and_failed_trials_count_and_orphans_are_requeued(store) -> Non
     assert usage(ostore, sid) == (4, 2) and reserve(ostore, sid, budget=4, k=1) == []
 
 
-def test_bulk_writer_reads_back_as_add_evaluations_writes(store) -> None:
-    bulk = getattr(store, "bulk_add_evaluations", None)
-    if bulk is None:
-        pytest.skip("Storage.bulk_add_evaluations is not in autotune/store/storage.py yet")
+def test_bulk_stage_reads_back_as_add_evaluations_writes(store) -> None:
     a, b = _name("one"), _name("bulk")
-    records = [_record(a, i, "ok" if i % 3 else "oom", key=_name("k")) for i in range(-1, 11)]
+    store.add_study(b, {"name": b}, "t", "t")
+    records = [_record(a, i, "ok" if i % 3 else "oom", key=_name("k")) for i in range(10)]
     store.add_evaluations(records)
-    bulk([dataclasses.replace(r, study=b) for r in records], chunk=4)
+    staged = [dataclasses.replace(r, study=b) for r in records]
+    assert [store.append_stage(b, start, staged[start:start + 4], numbered=True) for start in (0, 4, 8)] == [4, 4, 2]
     assert [dataclasses.replace(r, study=a) for r in store.evaluations(b)] == store.evaluations(a)
-    assert len(store.evaluations(b, status="oom")) == 4
+    assert len(store.evaluations(b, status="oom")) == 4 and store.stage_rows(b, "analytic", numbered=True) == 10
+
+
+def test_bulk_stage_resumes_without_duplicates_and_refuses_gaps(store) -> None:
+    name = _name("resume")
+    store.add_study(name, {"name": name}, "t", "t")
+    rows = [_record(name, -1, key=_name("k")) for _ in range(6)]
+    assert store.append_stage(name, 0, rows[:4], numbered=False) == 4
+    assert store.append_stage(name, 2, rows[2:6], numbered=False) == 2  # a resumed driver redoes a chunk
+    assert store.stage_rows(name, "analytic", numbered=False) == 6 and len(store.evaluations(name)) == 6
+    with pytest.raises(StorageError, match="holds 6 rows of its analytic stage, fewer than the 8"):
+        store.append_stage(name, 8, rows[:1], numbered=False)
+    with pytest.raises(StorageError):
+        store.append_stage(_name("no-study"), 0, rows[:1], numbered=False)
+
+
+def test_concurrent_bulk_appends_store_each_row_once(store) -> None:
+    name = _name("race")
+    store.add_study(name, {"name": name}, "t", "t")
+    rows = [_record(name, i) for i in range(40)]
+
+    def driver() -> None:
+        for start in range(0, 40, 8):
+            store.append_stage(name, start, rows[start:start + 8], numbered=True)
+
+    threads = [threading.Thread(target=driver) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.trial for r in store.evaluations(name)] == list(range(40))
