@@ -205,8 +205,7 @@ def measure_trial(task: EvalTask, on_step: OnStep | None = None) -> TrialResult:
     from ray.util.placement_group import placement_group, remove_placement_group
 
     start = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    join_ray()
     cfg, opts = task.config, task.options
     cpus = float(opts.get("cpus_per_rank", 0.25))
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from autotune.calibration.fit import fit_profile, plan_jobs
+from autotune.calibration.fit import fit_profile
 from autotune.calibration.refit import config_of, fit_measured, measured_rows
-from autotune.calibration.steps import STEP_OPTIONS, fit_steps, step_layouts, step_training
-from autotune.catalog import get_model, resolve_gpu
-from autotune.errors import AutotuneError, SpecError, StorageError
-from autotune.results.render import console, layout_summary
+from autotune.calibration.run import microbenchmarks, training_steps
+from autotune.catalog import resolve_gpu
+from autotune.errors import SpecError
+from autotune.results.render import console
 from autotune.spec import GPUSpec, parse_spec
 from autotune.store.profiles import ProfileStore, parse_ref, to_yaml
 from autotune.store.storage import Storage
@@ -26,9 +24,6 @@ from autotune.study.resolve import resolve
 __all__ = ["calibrate_cmd", "profiles_app"]
 
 STORAGE_HELP = "SQLAlchemy URL [default: $AUTOTUNE_STORAGE or sqlite:///autotune.db]."
-T = TypeVar("T")
-#: The model whose transformer block the ``layer`` microbenchmark runs (the fixed per-layer host cost).
-LAYER_MODEL = "tiny"
 
 
 def _base_gpu(ref: str, profiles: ProfileStore) -> GPUSpec:
@@ -40,76 +35,9 @@ def _base_gpu(ref: str, profiles: ProfileStore) -> GPUSpec:
     return resolve_gpu(ref)
 
 
-def _each(items: list[T], label: Callable[[T], str], quiet: bool) -> Iterator[T]:
-    """Yield ``items`` one by one under a Rich progress bar showing ``label(item)``."""
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False, disable=quiet) as bar:
-        task = bar.add_task("calibrate", total=len(items))
-        for item in items:
-            bar.update(task, description=label(item))
-            yield item
-            bar.advance(task)
-
-
-def _microbenchmarks(gpus_per_node: int, quick: bool, threads: int, ray_address: str | None,
-                     quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the microbenchmark jobs on a Ray worker (one at a time, so they do not disturb each other)."""
-    import ray
-
-    from workers.microbench import device_info, run_job
-
-    if not ray.is_initialized():
-        try:
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise AutotuneError(f"ray-address: cannot join Ray at {ray_address!r}: {e}") from e
-    info = ray.get(ray.remote(num_cpus=0)(device_info).remote())
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    ranks = gpus_per_node if info["device"] == "cpu" else max(1, min(gpus_per_node, info["devices"]))
-    jobs = plan_jobs(quick=quick, ranks=ranks, device=info["device"], threads=threads,
-                     model=get_model(LAYER_MODEL).model_dump(mode="json"))
-    remote = ray.remote(num_cpus=0, num_gpus=ranks if info["device"] == "cuda" else 0, max_retries=0)(run_job)
-    rows: list[dict[str, Any]] = []
-    for job in _each(jobs, lambda j: f"{j['name']} on {ranks} {info['device']} ranks", quiet):
-        rows += ray.get(remote.remote(job))
-    info |= {"ranks": ranks, "threads_per_rank": threads if info["device"] == "cpu" else None, "nodes": nodes,
-             "quick": quick, "inter_node": f"not measured ({nodes} Ray node{'s' if nodes > 1 else ''}; the "
-             "benchmark ranks are processes of one node): inter_node_gbps/latency are the base profile's"}
-    return rows, info
-
-
-def _training_steps(gpu: GPUSpec, info: dict[str, Any], quick: bool, quiet: bool) -> tuple[GPUSpec, dict[str, Any]]:
-    """Measure the calibration layouts (:mod:`autotune.calibration.steps`) on the benchmark's ranks and
-    fit the per-layer and per-collective host costs to them."""
-    from autotune.evaluation import EvalTask
-    from workers.measure import measure_trial
-
-    model, ranks = get_model(LAYER_MODEL), info["ranks"]
-    training = step_training(info["device"], ranks)
-    configs = step_layouts(model, training, ranks, quick)
-    done: list[tuple[Any, float]] = []
-    failed: list[str] = []
-    for cfg in _each(configs, lambda c: f"training steps: {layout_summary(c.to_dict())}", quiet):
-        res = measure_trial(EvalTask(model=model, training=training, gpu=gpu, gpus_per_node=ranks, config=cfg,
-                                     options=dict(STEP_OPTIONS)))
-        if res.status == "ok" and res.metrics.get("step_times_s"):
-            done.append((cfg, min(res.metrics["step_times_s"])))
-        else:
-            failed.append(f"{res.status}: {res.reason}")
-    if not done:
-        raise AutotuneError(f"calibrate: none of the {len(configs)} calibration layouts ran a training step "
-                            f"(first: {failed[0]}); `--no-steps` keeps the microbenchmark figures")
-    gpu, report = fit_steps(gpu, model, training, ranks, [c for c, _ in done], [s for _, s in done])
-    return gpu, report | {"model": LAYER_MODEL, "training": training.model_dump(mode="json"), "options": STEP_OPTIONS,
-                          "failed": failed}
-
-
 def _from_study(store: Storage, study: str, base: GPUSpec) -> tuple[GPUSpec, dict[str, Any]]:
     """Refit ``base`` to the measured trials of ``study``."""
-    saved = store.study_spec(study)
-    if saved is None:
-        raise StorageError(f"from-study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
+    saved = store.require_spec(study, field="from-study")
     problem = resolve(parse_spec(saved), gpu=base)
     rows = measured_rows(store.evaluations(study))
     if len(rows) < 3:
@@ -181,11 +109,11 @@ def calibrate_cmd(
         base_ref = base or "cpu"
         base_gpu = _base_gpu(base_ref, profiles)
         start = time.monotonic()
-        rows, info = _microbenchmarks(gpus_per_node, quick, threads, ray_address, quiet or json_out)
+        rows, info = microbenchmarks(gpus_per_node, quick, threads, ray_address, quiet or json_out)
         gpu, report = fit_profile(base_gpu, rows, info["device"])
         source = {"kind": "microbenchmarks", "device": info, "fit": report, "data": rows}
         if steps:
-            gpu, source["steps"] = _training_steps(gpu, info, quick, quiet or json_out)
+            gpu, source["steps"] = training_steps(gpu, info, quick, quiet or json_out)
         source["wall_s"] = time.monotonic() - start
     profile_name = name or parse_ref(base_ref.rsplit("/", 1)[-1].removesuffix(".yaml"))[0]
     profile = profiles.add(profile_name, gpu, base_ref, source)

@@ -20,51 +20,18 @@ from pydantic import ValidationError
 from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate
 from autotune.errors import InfeasibleConfig, SpecError
+from autotune.overrides import spec_with_overrides
 from autotune.results.render import print_estimate
 from autotune.results.reproduce import flag
-from autotune.spec import ModelSpec, TrainingSpec, format_validation_error, parse_spec, read_mapping
+from autotune.spec import ModelSpec, ReliabilitySpec, TrainingSpec, format_validation_error, parse_spec
+from autotune.study.dispatch import data_plane
 from autotune.study.resolve import Problem, resolve
 
-__all__ = ["estimate_cmd", "spec_with_overrides"]
+__all__ = ["estimate_cmd"]
 
 #: Cluster flags (parameter name -> spec path); ``gpus`` is split into gpus_per_node x nodes.
 CLUSTER_FLAGS = {"gpu": "cluster.gpu", "gpus": "gpus", "gpus_per_node": "cluster.gpus_per_node",
                  "price_per_gpu_hour": "cluster.price_per_gpu_hour", "profile": "cluster.profile"}
-
-
-def _put(d: dict[str, Any], path: str, value: Any) -> None:
-    if value is None:
-        return
-    *parents, leaf = path.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            raise SpecError(f"{p}: must be a mapping")
-    d[leaf] = value
-
-
-def spec_with_overrides(spec: Path | None, overrides: dict[str, Any], name: str = "estimate") -> dict[str, Any]:
-    """Spec file contents (or an empty spec) with the non-None ``overrides`` (dotted paths) applied."""
-    data = read_mapping(spec) if spec else {"name": name}
-    if not isinstance(data.get("cluster", {}), dict):
-        raise SpecError(f"cluster: must be a mapping (gpu, gpus_per_node, nodes), got {data['cluster']!r}")
-    gpus = overrides.pop("gpus", None)
-    gpn = overrides.get("cluster.gpus_per_node")
-    gpn = data.get("cluster", {}).get("gpus_per_node", 8) if gpn is None else gpn
-    if gpus is not None:
-        if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
-            raise SpecError(f"cluster.gpus_per_node: must be a positive integer (got {gpn!r})")
-        if gpus < 1:
-            raise SpecError(f"gpus: must be >= 1 (got {gpus})")
-        if gpus <= gpn:
-            overrides["cluster.gpus_per_node"], overrides["cluster.nodes"] = gpus, 1
-        elif gpus % gpn:
-            raise SpecError(f"gpus: {gpus} is not a multiple of gpus_per_node={gpn}")
-        else:
-            overrides["cluster.gpus_per_node"], overrides["cluster.nodes"] = gpn, gpus // gpn
-    for path, value in overrides.items():
-        _put(data, path, value)
-    return data
 
 
 def _dryrun_text(result: dict[str, Any]) -> str:
@@ -113,8 +80,26 @@ def _name_flag(err: SpecError, given: dict[str, str]) -> SpecError:
 def _flag_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """Spec overrides (dotted path -> value) of the model, cluster and training flags."""
     out = {"model": _model_ref(params["model"])}
-    out |= {path: params[name] for name, path in CLUSTER_FLAGS.items()}
+    out |= {path: params[name] for name, path in CLUSTER_FLAGS.items()} | _reliability_overrides(params)
     return out | {f"training.{name}": params[name] for name in TrainingSpec.model_fields}
+
+
+def _reliability_help(name: str) -> str:
+    """Help for a ReliabilitySpec flag: the field's description and its default."""
+    field = ReliabilitySpec.model_fields[name]
+    default = f"{field.default:.4g}" if isinstance(field.default, float) else field.default
+    return (field.description or name) + ("" if field.default is None else f" [default: {default}]")
+
+
+def _reliability_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Spec overrides of the reliability flags: ``--no-reliability`` -> ``cluster.reliability: off``;
+    ``--reliability`` -> the defaults (replacing a spec's ``off``); each field flag -> its field."""
+    fields = {f"cluster.reliability.{k}": params[k] for k in ReliabilitySpec.model_fields if params[k] is not None}
+    if params["reliability"] is False and fields:
+        named = ", ".join(flag(k.rpartition(".")[2]) for k in fields)
+        raise SpecError(f"--no-reliability: cannot be combined with {named}")
+    switch = {None: None, True: {}, False: "off"}[params["reliability"]]
+    return {"cluster.reliability": switch} | fields
 
 
 def _layout(problem: Problem, params: dict[str, Any]) -> ParallelConfig:
@@ -172,6 +157,21 @@ def estimate_cmd(
     overlap_param_gather: bool | None = typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",
                                                      help="Overlap ZeRO parameter all-gathers with compute "
                                                           "[default: on]."),
+    reliability: bool | None = typer.Option(None, "--reliability/--no-reliability",
+                                            help="Expected time to train with failures, checkpoints and restarts "
+                                                 "beside the ideal one [default: on]."),
+    failures_per_gpu_day: float | None = typer.Option(None, help=_reliability_help("failures_per_gpu_day")),
+    restart_min: float | None = typer.Option(None, help=_reliability_help("restart_min")),
+    checkpoint_write_gbps_per_node: float | None = typer.Option(
+        None, help=_reliability_help("checkpoint_write_gbps_per_node")),
+    checkpoint_read_gbps_per_node: float | None = typer.Option(
+        None, help=_reliability_help("checkpoint_read_gbps_per_node")),
+    storage_write_gbps: float | None = typer.Option(None, help=_reliability_help("storage_write_gbps")),
+    storage_read_gbps: float | None = typer.Option(None, help=_reliability_help("storage_read_gbps")),
+    async_checkpoint: bool | None = typer.Option(None, "--async-checkpoint/--no-async-checkpoint",
+                                                 help=_reliability_help("async_checkpoint")),
+    snapshot_gbps: float | None = typer.Option(None, help=_reliability_help("snapshot_gbps")),
+    checkpoint_interval_min: float | None = typer.Option(None, help=_reliability_help("checkpoint_interval_min")),
     profile: str | None = typer.Option(None, help="Stored calibrated profile NAME or NAME@VERSION (replaces --gpu)."),
     storage: str | None = typer.Option(None, help="SQLAlchemy URL holding --profile [default: $AUTOTUNE_STORAGE "
                                                    "or sqlite:///autotune.db]."),
@@ -202,8 +202,7 @@ def estimate_cmd(
                         "give one")
     cfg = _layout(problem, ctx.params)
     if fidelity == "dryrun":
-        from workers.dryrun import dryrun_estimate  # imports torch: only when asked for
-
+        dryrun_estimate = data_plane("dryrun_estimate")  # imports torch: only when asked for
         result = dryrun_estimate(problem.model, problem.training, problem.gpu, cfg)
         typer.echo(json.dumps(result, indent=2) if json_out else _dryrun_text(result))
         return

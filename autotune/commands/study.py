@@ -11,8 +11,8 @@ import optuna
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from autotune.commands.estimate import spec_with_overrides
 from autotune.errors import SpecError, StorageError
+from autotune.overrides import spec_with_overrides
 from autotune.results.best import best_report, fidelity_labels
 from autotune.results.render import console, layout_summary, print_best, print_trials
 from autotune.search.objectives import objective_for

@@ -16,7 +16,26 @@ from typing import Any
 from autotune.errors import AutotuneError
 from autotune.evaluation import EvalTask, TrialResult
 
-__all__ = ["RayPool", "MeasurePool"]
+__all__ = ["RayPool", "MeasurePool", "join_ray", "data_plane", "DATA_PLANE"]
+
+#: The data-plane functions the control plane calls directly (besides the evaluators of
+#: ``workers.registry``): name -> "module:function", imported on first use (torch only where needed).
+DATA_PLANE: dict[str, str] = {
+    "device_info": "workers.microbench:device_info",
+    "run_job": "workers.microbench:run_job",
+    "measure_trial": "workers.measure:measure_trial",
+    "dryrun_estimate": "workers.dryrun:dryrun_estimate",
+    "evaluate_batch": "workers.registry:evaluate_batch",
+    "evaluators": "workers.registry:EVALUATORS",
+}
+
+
+def data_plane(name: str) -> Any:
+    """The data-plane function (or table) registered as ``name`` in :data:`DATA_PLANE`, imported lazily."""
+    import importlib
+
+    module, attr = DATA_PLANE[name].split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _short(e: BaseException) -> str:
@@ -24,7 +43,7 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[-1] if text else ''}"[:500]
 
 
-def _join_ray(address: str | None) -> bool:
+def join_ray(address: str | None = None) -> bool:
     """Start a local Ray, or join ``address`` / $RAY_ADDRESS, unless Ray is up; True if this call started it."""
     import ray
 
@@ -49,10 +68,8 @@ class RayPool:
         self.evaluator = evaluator
         self.workers = workers
         self.task_timeout_s = task_timeout_s
-        self._owns = _join_ray(address)
-        from workers.registry import evaluate_batch
-
-        self._remote = ray.remote(max_retries=0)(evaluate_batch)
+        self._owns = join_ray(address)
+        self._remote = ray.remote(max_retries=0)(data_plane("evaluate_batch"))
 
     def run(self, tasks: Sequence[EvalTask],
             on_step: Callable[[EvalTask], Callable[[int, float], bool]] | None = None) -> list[TrialResult]:
@@ -107,14 +124,14 @@ class MeasurePool:
 
         self._ray = ray
         self.workers = workers
-        self._owns = _join_ray(address)
+        self._owns = join_ray(address)
 
     def run(self, tasks: Sequence[EvalTask],
             on_step: Callable[[EvalTask], Callable[[int, float], bool]] | None = None) -> list[TrialResult]:
         """Measure ``tasks`` (order kept); ``on_step(task)`` gives each trial's step callback."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from workers.measure import measure_trial
+        measure_trial = data_plane("measure_trial")
 
         def one(task: EvalTask) -> TrialResult:
             try:
