@@ -76,8 +76,8 @@ class ParallelConfig:
         return self.vpp > 1
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields, JSON-ready."""
-        return dataclasses.asdict(self)
+        """All fields, JSON-ready (every field is a scalar, so no deep copy is needed)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def key(self) -> tuple[Any, ...]:
         """A hashable identity of the layout."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
+from autotune.costmodel.reliability import EXPECTED_KEYS
 from autotune.errors import AutotuneError
 from autotune.results.reproduce import estimate_command
 from autotune.search.objectives import Objective
@@ -44,7 +44,7 @@ def why_lost(best: dict[str, Any], other: dict[str, Any]) -> str:
 
 def _metrics_view(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("step_time_s", "tokens_per_s", "mfu", "hfu", "tflops_per_gpu", "training_days", "gpu_hours", "cost",
-            "gpus")
+            "gpus", *EXPECTED_KEYS, "reliability")
     return {k: m[k] for k in keys if k in m} | {"memory_gib": m.get("memory_gib"),
                                                  "time_breakdown_s": m.get("time_breakdown_s")}
 
@@ -76,17 +76,15 @@ def fidelity_comparison(top: list[EvaluationRecord], lower: list[EvaluationRecor
 
 def best_report(storage: Storage, study: str, objective: Objective, top: int = 5) -> dict[str, Any]:
     """The ``autotune best --json`` object."""
-    rows = storage.evaluations(study)
-    if not rows:
+    total, reasons = storage.rejection_counts(study)
+    if not total:
         raise AutotuneError(f"study: {study!r} has no evaluations (see `autotune studies`)")
-    ok = [r for r in rows if r.status == "ok" and r.metrics.get("fits", True)]
-    rejected = [r for r in rows if r.status != "ok"]
-    reasons = Counter(f"{r.status}: {r.reason_kind or r.reason or ''}" for r in rejected)
+    ok = [r for r in storage.evaluations(study, status="ok") if r.metrics.get("fits", True)]
     out: dict[str, Any] = {
         "study": study,
         "objective": objective.name,
-        "evaluations": len(rows),
-        "infeasible": {"count": len(rejected), "reasons": dict(reasons.most_common())},
+        "evaluations": total,
+        "infeasible": {"count": sum(reasons.values()), "reasons": dict(reasons.most_common())},
     }
     if not ok:
         return out | {"config": None, "metrics": None, "fidelity": None, "memory_fidelity": None,
@@ -128,6 +126,11 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
             out["lower_fidelity"] = {"fidelity": same[0].fidelity, **fidelity_labels(same[0].fidelity, same[0].metrics),
                                      "metrics": _metrics_view(same[0].metrics)}
         out["fidelity_comparison"] = fidelity_comparison(unique[:top + 1], lower)
+    batches = sorted({r.layout["global_batch"] for r in unique if "global_batch" in r.layout})
+    if batches:  # a study over several global batch sizes: the best of each (``unique`` is best first)
+        firsts = {b: next(r for r in unique if r.layout.get("global_batch") == b) for b in batches}
+        out["by_global_batch"] = {str(b): {"trial": r.trial, "config": r.layout, "metrics": _metrics_view(r.metrics),
+                                           "estimate_command": command(r.layout)} for b, r in firsts.items()}
     if objective.multi:
         out["pareto_front"] = [{"trial": r.trial, "config": r.layout, "values": dict(zip(
             objective.keys, objective.values(r.metrics), strict=True))} for r in pareto_front(unique, objective)]

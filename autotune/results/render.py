@@ -75,7 +75,20 @@ def print_estimate(result: dict[str, Any]) -> None:
         if "training_days" in result:
             cost = f"   cost {result['cost']:,.0f}" if "cost" in result else ""
             console.print(f"training time {result['training_days']:.2f} days   "
-                          f"{result['gpu_hours']:,.0f} GPU-hours{cost}")
+                          f"{result['gpu_hours']:,.0f} GPU-hours{cost}   (ideal: no failures)")
+        rel = result.get("reliability")
+        if rel:
+            console.print(f"reliability: job MTBF {rel['mtbf_hours']:.2f} h ({rel['job_failures_per_day']:.2f} "
+                          f"failures/day)   checkpoint {rel['checkpoint_gib_per_rank']:.2f} GiB/rank "
+                          f"({rel['checkpoint_gib_total']:,.0f} GiB in all): write {rel['checkpoint_write_s']:.1f} s, "
+                          f"stall {rel['checkpoint_stall_s']:.1f} s, reload {rel['checkpoint_read_s']:.1f} s   "
+                          f"every {rel['checkpoint_interval_min']:.1f} min   "
+                          f"{rel['lost_per_failure_min']:.1f} min lost per failure   goodput {rel['goodput']:.1%}")
+        if "expected_training_days" in result:
+            cost = f"   cost {result['expected_cost']:,.0f}" if "expected_cost" in result else ""
+            console.print(f"expected with failures {result['expected_training_days']:.2f} days   "
+                          f"{result['expected_gpu_hours']:,.0f} GPU-hours{cost}   "
+                          f"{result['expected_failures']:,.0f} failures")
     verdict = "[green]fits[/]" if result["fits"] else "[red]does NOT fit[/]"
     console.print(f"{verdict}: {result['memory_gib']['total']:.2f} GiB of {result['capacity_gib']:.2f} GiB usable")
 
@@ -120,6 +133,14 @@ def print_best(report: dict[str, Any]) -> None:
                 ru.add_row(str(r["trial"]), layout_summary(r["config"]), f"{r['metrics']['tokens_per_s']:,.0f}",
                            r["lost_by"])
             console.print(ru)
+        if "by_global_batch" in report:
+            bb = Table(title="Best layout per global batch size")
+            for col in ("global batch", "trial", "layout", "tokens/s", "step s"):
+                bb.add_column(col)
+            for batch, r in report["by_global_batch"].items():
+                bb.add_row(batch, str(r["trial"]), layout_summary(r["config"]), f"{r['metrics']['tokens_per_s']:,.0f}",
+                           f"{r['metrics']['step_time_s']:.3f}")
+            console.print(bb)
     if report["infeasible"]["count"]:
         inf = Table(title=f"Rejected layouts: {report['infeasible']['count']}")
         inf.add_column("count", justify="right")

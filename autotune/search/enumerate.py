@@ -67,8 +67,8 @@ def score_space(problem: Problem, space: SearchSpace, *, cluster: ClusterSpec | 
     cluster = cluster or problem.cluster
     training = training or problem.training
     points, kwargs, derived, configs, rejections = [], [], [], [], []
-    for point in space.points():
-        points.append(space.active_params(point))
+    for point, active in space.points_with_params():
+        points.append(active)
         kw = layout_kwargs(point)
         kwargs.append(kw)
         try:

@@ -111,22 +111,27 @@ class SearchSpace:
 
     def points(self) -> Iterator[dict[str, Any]]:
         """Every point of the space once (inactive dimensions at their default)."""
+        for point, _ in self.points_with_params():
+            yield point
+
+    def points_with_params(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every point of the space once, with its active params (what :meth:`active_params` returns)."""
         seen: set[tuple[Any, ...]] = set()
 
-        def walk(i: int, values: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        def walk(i: int, values: dict[str, Any], active: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
             if i == len(self.dimensions):
                 key = tuple(values[d.name] for d in self.dimensions)
                 if key not in seen:
                     seen.add(key)
-                    yield dict(values)
+                    yield dict(values), dict(active)
                 return
             dim = self.dimensions[i]
-            options = dim.choices if dim.active(values) else (dim.default,)
-            for v in options:
+            on = dim.active(values)
+            for v in dim.choices if on else (dim.default,):
                 dim.assign(values, v)
-                yield from walk(i + 1, values)
+                yield from walk(i + 1, values, active | {dim.name: v} if on else active)
 
-        yield from walk(0, dict(self.fixed))
+        yield from walk(0, dict(self.fixed), {})
 
     def specialise(self, *, layers: int, heads: int, seq_len: int, global_batch: int | list[int],
                    gpu_counts: list[int]) -> SearchSpace:

@@ -16,6 +16,7 @@ import random
 import re
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,9 +337,21 @@ class Storage:
                 raise StorageError(f"study: {study!r} holds {stored} rows of its {fidelity} stage, fewer than the "
                                    f"{start} before this chunk (rows were deleted?)")
             new = records[stored - start:]
-            if new:
-                s.execute(insert(e), [_columns(r) for r in new])
+            if new:  # a Core executemany: the ORM's bulk path costs as much again per row
+                s.execute(insert(e.__table__), [_columns(r) for r in new])
             return len(new)
+
+    def rejection_counts(self, study: str) -> tuple[int, Counter[str]]:
+        """(all rows, rejections by ``status: reason kind``) of a study, counted in the database."""
+        e = _Evaluation
+        with Session(self.engine) as s:
+            total = int(s.scalar(select(func.count()).select_from(e).where(e.study == study)) or 0)
+            groups = s.execute(select(e.status, e.reason_kind, e.reason, func.count()).where(
+                e.study == study, e.status != "ok").group_by(e.status, e.reason_kind, e.reason)).all()
+        counts: Counter[str] = Counter()
+        for status, kind, reason, n in groups:
+            counts[f"{status}: {kind or reason or ''}"] += n
+        return total, counts
 
     def cached(self, keys: list[str]) -> dict[str, EvaluationRecord]:
         """Earlier evaluations (any study) with these cache keys, not themselves cache hits."""
