@@ -72,7 +72,7 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
     steps = training.total_steps()
     rel = None
     if cluster.reliability_on:
-        rel_raw = reliability_arrays(model, training, cluster.reliability, cluster.gpus_per_node, L)
+        rel_raw = reliability_arrays(model, training, cluster.reliability, cluster.gpus_per_node, L, tm["step_time_s"])
         rel = {k: _column(rel_raw[k], n) for k in RELIABILITY_KEYS}
     out = []
     for i, cfg in enumerate(configs):

@@ -23,7 +23,8 @@ device-to-host snapshot (bytes per rank / snapshot bandwidth), its write then ru
 the next checkpoint cannot start before the write ends (interval ≥ write time) and a failure during the
 write falls back one checkpoint further (on average one write time more lost). Interval τ: Young's
 first-order optimum τ = sqrt(2 C M) (Young 1974; Daly 2006) or the user's. Restart cost
-R = restart (detect + reschedule + init) + reload (+ the write lag when asynchronous).
+R = restart (detect + reschedule + init) + reload (+ the write lag when asynchronous). Checkpoints
+fall between optimizer steps: the interval is at least one step.
 
 Goodput (useful time / wall time) follows Daly's expected wall time for Poisson failures (Daly 2006,
 "A higher order estimate of the optimum checkpoint interval for restart dumps", FGCS 22, eq. 13):
@@ -83,8 +84,9 @@ def daly_goodput(interval_s: Any, stall_s: Any, restart_s: Any, mtbf_s: Any) -> 
 
 
 def reliability_arrays(model: ModelSpec, training: TrainingSpec, rel: ReliabilitySpec, gpus_per_node: int,
-                       L: Layout) -> dict[str, Any]:
-    """The ``reliability`` block (:data:`RELIABILITY_KEYS`) for one layout (ints) or many (numpy arrays)."""
+                       L: Layout, step_s: Any = 0.0) -> dict[str, Any]:
+    """The ``reliability`` block (:data:`RELIABILITY_KEYS`) for one layout (ints) or many (numpy arrays);
+    checkpoints are taken between optimizer steps, so the interval is at least one step of ``step_s``."""
     world = np.asarray(L["tp"] * L["pp"] * L["cp"] * L["dp"], dtype=float)
     rank_b, total_b = checkpoint_bytes(model, training, L)
     node_b = np.minimum(np.minimum(world, gpus_per_node) * rank_b, total_b)
@@ -101,7 +103,7 @@ def reliability_arrays(model: ModelSpec, training: TrainingSpec, rel: Reliabilit
         interval_s = young_daly_interval_s(stall_s, mtbf_s)
     else:
         interval_s = np.full_like(world, rel.checkpoint_interval_min * 60.0)
-    interval_s = np.maximum(interval_s, lag_s)
+    interval_s = np.maximum(np.maximum(interval_s, lag_s), step_s)
     restart_s = rel.restart_min * 60.0 + read_s + lag_s
     return {
         "job_failures_per_day": failures_per_day,
@@ -136,8 +138,9 @@ def expected_figures(ideal: dict[str, Any], reliability: dict[str, Any], price_p
 def with_expected(metrics: dict[str, Any], est: dict[str, Any], price_per_gpu_hour: float | None) -> dict[str, Any]:
     """``metrics`` (any evaluator's, with its own ideal figures) with the ``reliability`` block and expected
     figures of ``est``, the study cluster's estimate of the same layout; none when ``est`` has none
-    (reliability off). The block depends on the layout and the cluster, not on the step time, so a measured
-    step time gets expected figures at the measured speed."""
+    (reliability off). The block depends on the layout and the cluster (its interval on the estimated step
+    time only where one step is longer than the optimum), so a measured step time gets expected figures at
+    the measured speed with the estimate's goodput."""
     out = {k: v for k, v in metrics.items() if k != "reliability" and k not in EXPECTED_KEYS}
     if "reliability" not in est:
         return out

@@ -128,9 +128,29 @@ def _pareto(ok: list[EvaluationRecord]) -> str:
     sizes = {r.metrics.get("gpus") for r in ok}
     days = [(r.metrics["gpus"], r.metrics["training_days"], r) for r in ok
             if r.metrics.get("gpus") and r.metrics.get("training_days") is not None]
-    if len(sizes) > 1 and days:
+    expected = [(x, r.metrics["expected_training_days"], r) for x, _, r in days
+                if r.metrics.get("expected_training_days") is not None]
+    if len(sizes) > 1 and days and not expected:
         front = [(x, -y, r) for x, y, r in _front([(x, -y, r) for x, y, r in days])]
         out += _scatter(days, front, "GPUs", "time to train (days)", "fig-pareto-gpus")
+    elif len(sizes) > 1 and expected:
+        # time to train over cluster sizes: ideal (steps x step time) and expected with failures, checkpoints
+        # and restarts (autotune.costmodel.reliability); each front is the fastest layout per size that no
+        # smaller cluster beats
+        fig = go.Figure()
+        for name, pts, color, dash in (("ideal (no failures)", days, "#1f77b4", "dash"),
+                                       ("expected with failures", expected, "#d62728", "solid")):
+            front = [(x, -y, r) for x, y, r in _front([(x, -y, r) for x, y, r in pts])]
+            fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=f"{name}: layouts",
+                            marker={"color": color, "opacity": 0.25},
+                            text=[_e(f"#{r.trial} {_summary(r.layout)}") for *_, r in pts])
+            hover = [_e(f"#{r.trial} {_summary(r.layout)}; ideal {r.metrics['training_days']:.1f} d, expected "
+                        f"{r.metrics.get('expected_training_days', float('nan')):.1f} d") for *_, r in front]
+            fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers",
+                            name=f"{name}: Pareto front", line={"shape": "hv", "color": color, "dash": dash},
+                            text=hover)
+        fig.update_layout(xaxis_title="GPUs", yaxis_title="time to train (days)", xaxis_type="log")
+        out += _fig(fig, "fig-pareto-gpus")
     return out
 
 

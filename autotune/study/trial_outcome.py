@@ -23,6 +23,7 @@ import optuna
 from autotune.config import ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate
 from autotune.costmodel.estimate import COST_MODEL_VERSION, memory_reason
+from autotune.costmodel.reliability import with_expected
 from autotune.errors import InfeasibleConfig
 from autotune.evaluation import TrialResult
 from autotune.search.frameworks import unsupported_reason
@@ -102,6 +103,7 @@ class TrialOutcomes:
         blob = json.dumps({
             "model": self.problem.model.model_dump(mode="json"), "gpu": self.problem.gpu.model_dump(mode="json"),
             "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes, "price": cluster.price_per_gpu_hour,
+            "reliability": cluster.model_dump(mode="json", include={"reliability"}),
             "training": training.model_dump(mode="json"), "layout": cfg.to_dict(),
             "fidelity": self.fidelity, "cost_model": COST_MODEL_VERSION, "options": self.options.evaluator_options,
         }, sort_keys=True)
@@ -187,9 +189,11 @@ class TrialOutcomes:
         """A result that measured no time (the dry run: exact memory) gets every figure of the analytic
         estimate that it did not measure itself — the time figures and what follows from them (from ``est``,
         the screen's estimate of this layout, when given; else estimated at ``training``, default the
-        problem's) — marked ``time_fidelity: analytic``; a result with its own step time is returned as it is."""
-        if "step_time_s" in metrics:
-            return dict(metrics)
+        problem's) — marked ``time_fidelity: analytic``; a result with its own step time keeps its figures and
+        gets the expected ones with failures at that step time (:func:`autotune.costmodel.reliability.with_expected`).
+        """
         est = est or estimate(self.problem.model, training or self.problem.training, self.problem.gpu, cluster, cfg)
+        if "step_time_s" in metrics:
+            return with_expected(metrics, est, cluster.price_per_gpu_hour)
         analytic = {k: v for k, v in est.items() if k not in metrics and k not in _MEASURED_BY_DRY_RUN}
         return dict(metrics) | analytic | {"time_fidelity": "analytic"}

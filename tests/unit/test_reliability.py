@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -194,3 +195,74 @@ def test_faster_storage_never_lowers_goodput_and_goodput_is_a_fraction(rate, res
     fast_g = reliability_arrays(MODEL, TRAIN, quick, 8, L)["goodput"][0]
     assert 0.0 < slow_g <= 1.0 and 0.0 < fast_g <= 1.0
     assert fast_g >= slow_g * (1 - 1e-12)
+
+
+def test_interval_is_at_least_one_step() -> None:
+    rel = ReliabilitySpec(failures_per_gpu_day=1.0, checkpoint_write_gbps_per_node=1.0)
+    # Young/Daly gives 187.2 s (above); a 600 s step cannot checkpoint more often than every 600 s = 10 min
+    out = reliability_arrays(MODEL, TRAIN, rel, 8, _layout(zero=3), step_s=600.0)
+    assert out["checkpoint_interval_min"][0] == pytest.approx(10.0)
+
+
+def test_report_plots_ideal_and_expected_fronts_over_cluster_sizes(monkeypatch) -> None:
+    from autotune.results import report
+    from autotune.store.storage import EvaluationRecord
+
+    figs = {}
+    monkeypatch.setattr(report, "_fig", lambda fig, div_id, height=380: figs.setdefault(div_id, fig) and "")
+
+    def row(trial, gpus, ideal, expected):
+        return EvaluationRecord(study="s", trial=trial, fidelity="analytic", layout={"name": f"L{trial}"},
+                                status="ok", metrics={"gpus": gpus, "tokens_per_s": 1.0, "memory_gib": {"total": 1.0},
+                                                      "training_days": ideal, "expected_training_days": expected})
+
+    # 64 GPUs: #0 is fastest ideally (10 d) but #1 once failures count (12 d < 14 d); 128 GPUs: #2 on both.
+    report._pareto([row(0, 64, 10.0, 14.0), row(1, 64, 11.0, 12.0), row(2, 128, 6.0, 8.0)])
+    fronts = {t.name: (list(t.x), list(t.y)) for t in figs["fig-pareto-gpus"].data if "front" in t.name}
+    assert fronts == {"ideal (no failures): Pareto front": ([64, 128], [10.0, 6.0]),
+                      "expected with failures: Pareto front": ([64, 128], [12.0, 8.0])}
+
+
+_ARGS = ["estimate", "--model", "llama3-8b", "--gpu", "h100-sxm", "--gpus", "64", "--seq-len", "8192",
+         "--global-batch", "512", "--tokens", "1e12", "--zero", "1", "--json"]
+
+
+def test_estimate_reliability_flags(cli) -> None:
+    code, out, _ = cli(_ARGS + ["--failures-per-gpu-day", "0.01", "--restart-min", "5", "--async-checkpoint"])
+    assert code == 0
+    d = json.loads(out)
+    # 64 GPUs x 0.01 = 0.64 failures/day: MTBF 24 / 0.64 = 37.5 h; ZeRO-1 keeps bf16 weights whole on dp rank 0
+    assert d["reliability"]["job_failures_per_day"] == pytest.approx(0.64)
+    assert d["reliability"]["mtbf_hours"] == pytest.approx(37.5)
+    assert d["expected_training_days"] == pytest.approx(d["training_days"] / d["goodput"])
+    code, out, _ = cli(_ARGS + ["--no-reliability"])
+    assert code == 0 and "reliability" not in json.loads(out) and "expected_training_days" not in json.loads(out)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--restart-min", "-1"], "--restart-min: Input should be greater than or equal to 0"),
+    (["--no-reliability", "--snapshot-gbps", "9"], "--no-reliability: cannot be combined with --snapshot-gbps"),
+])
+def test_estimate_bad_reliability_flag_exits_2_naming_it(cli, extra, message) -> None:
+    code, _, err = cli(_ARGS + extra)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_study_rows_take_the_study_clusters_reliability() -> None:
+    from autotune.study.plan import plan_study
+    from autotune.study.run_options import RunOptions
+    from autotune.study.trial_outcome import TrialOutcomes
+
+    spec = _spec({"gpu": "h100-sxm", "nodes": 8, "reliability": {"failures_per_gpu_day": 0.01}})
+    outcomes = TrialOutcomes(plan_study(spec), RunOptions(n_trials=1))
+    cluster, training = spec.cluster, spec.training
+    cfg = derive(outcomes.problem.model, training, cluster.gpus, tp=8, zero=1)
+    off = cluster.model_copy(update={"reliability": "off"})
+    assert outcomes._cache_key(cfg, cluster, training) != outcomes._cache_key(cfg, off, training)
+    # a measured result (its own step time; a worker's default reliability block) gets the study's block:
+    # 64 GPUs x 0.01 = 0.64 failures/day, MTBF 37.5 h; expected days = measured days / goodput
+    measured = {"step_time_s": 3.0, "training_days": 20.0, "gpu_hours": 30720.0, "reliability": {"goodput": 0.5}}
+    got = outcomes.with_time(cfg, cluster, measured)
+    assert got["reliability"]["mtbf_hours"] == pytest.approx(37.5) and got["step_time_s"] == 3.0
+    assert got["expected_training_days"] == pytest.approx(20.0 / got["goodput"]) and 0.9 < got["goodput"] < 1.0
+    assert "reliability" not in outcomes.with_time(cfg, off, measured)
