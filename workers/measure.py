@@ -204,6 +204,8 @@ def measure_trial(task: EvalTask, on_step: OnStep | None = None) -> TrialResult:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
+    from autotune.study.dispatch import join_ray
+
     start = time.perf_counter()
     join_ray()
     cfg, opts = task.config, task.options
