@@ -5,6 +5,7 @@ The command names every input the cost model reads, so it does not depend on def
     autotune estimate --model M (--gpu G | --profile NAME@V --storage URL) --gpus N --gpus-per-node G
         [--price-per-gpu-hour P] --seq-len S --global-batch B --precision P ... (every TrainingSpec field
         that is set) --tp T --pp P ... (every field of autotune.config.DERIVE_KEYS the layout holds)
+        (--no-reliability | --failures-per-gpu-day F ... (every cluster.reliability field that is set))
 
 - model: a preset name or a file path exactly as the study's spec gave it (a path is relative to the
   directory the study was submitted from); an inline model mapping becomes one JSON object,
@@ -65,4 +66,9 @@ def estimate_command(spec: Mapping[str, Any], layout: Mapping[str, Any], storage
         args += _args(name, training[name])
     for name, value in layout_kwargs(dict(layout)).items():
         args += _args(name, value)
+    if cluster.reliability_on:
+        for name, value in cluster.reliability.model_dump().items():
+            args += _args(name, value)
+    else:
+        args += ["--no-reliability"]
     return shlex.join(args)

@@ -266,3 +266,23 @@ def test_study_rows_take_the_study_clusters_reliability() -> None:
     assert got["reliability"]["mtbf_hours"] == pytest.approx(37.5) and got["step_time_s"] == 3.0
     assert got["expected_training_days"] == pytest.approx(20.0 / got["goodput"]) and 0.9 < got["goodput"] < 1.0
     assert "reliability" not in outcomes.with_time(cfg, off, measured)
+
+
+@pytest.mark.parametrize("reliability", [{"restart_min": 3.5, "async_checkpoint": True, "snapshot_gbps": 7.0,
+                                          "checkpoint_interval_min": 12.0}, "off"])
+def test_the_reproduce_command_gives_the_same_expected_figures(cli, reliability) -> None:
+    import shlex
+
+    from autotune.results.reproduce import estimate_command
+    from autotune.study.resolve import resolve
+
+    data = {"name": "r", "model": "llama3-8b", "cluster": {"gpu": "h100-sxm", "nodes": 4, "reliability": reliability},
+            "training": {"seq_len": 4096, "global_batch": 256, "tokens": 1e11}}
+    spec = parse_spec(data)
+    p = resolve(spec)
+    cfg = derive(p.model, p.training, p.gpus, tp=2, zero=1)
+    want = estimate(p.model, p.training, p.gpu, p.cluster, cfg)
+    code, out, _ = cli(shlex.split(estimate_command(data, cfg.to_dict() | {"nodes": 4}))[1:] + ["--json"])
+    got = json.loads(out)
+    assert code == 0 and got.get("reliability") == want.get("reliability")
+    assert got.get("expected_training_days") == want.get("expected_training_days")
