@@ -19,7 +19,6 @@ import optuna
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from autotune.errors import StorageError
 from autotune.results.best import FIDELITY_RANK, best_report, fidelity_labels
 from autotune.results.render import fidelity_summary, layout_summary
 from autotune.search.objectives import Objective, objective_for
@@ -201,6 +200,10 @@ def _importances(store: Storage, study: str) -> str:
     except KeyError:
         return _note(f"Parameter importances cannot be computed: no Optuna study named {study!r} in the database.")
     done = ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if done and all("evaluation" in tr.user_attrs for tr in done):
+        return _note(f"Parameter importances are not computed: the analytic stage scored every layout, and its "
+                     f"Optuna trials are only the {len(done)} best (a sample of winners says nothing of which "
+                     "parameters matter); the table below lists every layout.")
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return _note(f"Parameter importances cannot be computed: {len(done)} completed trial(s), "
                      f"at least {MIN_IMPORTANCE_TRIALS} needed.")
@@ -255,9 +258,7 @@ def _table(rows: list[EvaluationRecord]) -> str:
 
 def render_report(store: Storage, study: str) -> str:
     """The HTML report of ``study`` (raises StorageError for an unknown study, AutotuneError if it is empty)."""
-    saved = store.study_spec(study)
-    if saved is None:
-        raise StorageError(f"study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
+    saved = store.require_spec(study)
     spec = parse_spec(saved)
     objective = objective_for(spec)
     problem = resolve(spec, storage=store.url)

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from autotune.errors import StorageError
 from autotune.store.budget import RECORDED_ATTR, requeue_orphans, reserve, usage
+from autotune.store.optuna_adapter import study_id
 from autotune.store.storage import EvaluationRecord, Storage
 
 TrialState = optuna.trial.TrialState
@@ -112,7 +113,7 @@ def _heartbeats(store: Storage, trial_ids: list[int]) -> set[int]:
 def test_reserve_takes_k_running_slots_with_heartbeats_and_stops_at_the_budget(store) -> None:
     ostore = store.optuna()
     study = _study(store)
-    sid = study._study_id
+    sid = study_id(study)
     first = reserve(ostore, sid, budget=5, k=3)
     assert [s.number for s in first] == [0, 1, 2] and not any(s.claimed for s in first)
     assert {ostore.get_trial(s.trial_id).state for s in first} == {TrialState.RUNNING}
@@ -126,7 +127,7 @@ def test_reserve_takes_k_running_slots_with_heartbeats_and_stops_at_the_budget(s
 
 def test_concurrent_reservations_never_exceed_the_budget(store) -> None:
     ostore = store.optuna()
-    sid = _study(store)._study_id
+    sid = study_id(_study(store))
     taken: list[int] = []
     lock = threading.Lock()
 
@@ -147,7 +148,7 @@ def test_concurrent_reservations_never_exceed_the_budget(store) -> None:
 def test_finished_and_failed_trials_count_and_orphans_are_requeued(store) -> None:
     ostore = store.optuna()
     study = _study(store)
-    sid = study._study_id
+    sid = study_id(study)
     slots = reserve(ostore, sid, budget=4, k=4)
     ostore.set_trial_state_values(slots[0].trial_id, TrialState.COMPLETE, [1.0])
     ostore.set_trial_user_attr(slots[1].trial_id, RECORDED_ATTR, "crash")  # a driver recorded this failure
