@@ -106,6 +106,8 @@ def print_best(report: dict[str, Any]) -> None:
                 f"memory {m['memory_gib']['total']:.1f} GiB")
         if "training_days" in m:
             line += f"   training {m['training_days']:.2f} days"
+        if "expected_training_days" in m:
+            line += f" ideal, {m['expected_training_days']:.2f} expected with failures (goodput {m['goodput']:.1%})"
         console.print(line)
         if report.get("estimate_command"):  # one unwrapped line, so it can be copied as it is
             console.print(f"reproduce: {report['estimate_command']}", markup=False, highlight=False, soft_wrap=True)

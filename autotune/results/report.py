@@ -93,6 +93,9 @@ def _best_card(report: dict[str, Any]) -> str:
              "tokens/s": f"{m.get('tokens_per_s', 0):,.0f}", "step time": f"{m.get('step_time_s', 0):.3f} s",
              "MFU": f"{m.get('mfu', 0):.1%}", "memory / rank": f"{(m.get('memory_gib') or {}).get('total', 0):.1f} GiB",
              "training days": f"{m['training_days']:.1f}" if m.get("training_days") is not None else "-"}
+    if m.get("expected_training_days") is not None:
+        items |= {"expected days (failures)": f"{m['expected_training_days']:.1f}",
+                  "goodput": f"{m['goodput']:.1%}" if m.get("goodput") is not None else "-"}
     cells = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in items.items())
     return f'<div class="card"><code>{_e(_summary(report["config"]))}</code><dl>{cells}</dl></div>'
 
