@@ -60,6 +60,12 @@ BENCHES = [
         Figure("best_share_max", "share of the space to reach 1 % of the optimum (best sampler, worst study)",
                "<=", 0.03, "{:.2%}"),
         Figure("random_over_best_min", "random / best sampler evaluations (worst study)", ">=", 5, "{:.1f}x")]),
+    Bench("search_time", [], ["--repeat", "1"], [
+        Figure("search_wall_s_max", "Galvatron's question end to end, s (megatron and fsdp spaces, worst)", "<=", 3.5,
+               "{:.2f}"),
+        Figure("speedup_min", "Galvatron 352 s / that wall time", ">=", 100, "{:.0f}x"),
+        Figure("batches_wall_s_max", "the same with 4 global batch sizes in one study, s", "<=", 5, "{:.2f}"),
+        Figure("quickstart_wall_s", "quickstart example end to end, s", "<=", 5, "{:.2f}")]),
     Bench("study_overhead", [], ["--trials", "300"], [
         Figure("wall_ms_per_trial", "study wall ms per trial (1,000 trials < 60 s)", "<", 60, "{:.1f}"),
         Figure("storage_ms_per_trial", "storage ms per trial", "<", 20, "{:.1f}")]),
