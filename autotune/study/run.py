@@ -51,21 +51,32 @@ def run_study(plan: StudyPlan, storage: Storage, options: RunOptions, *, create:
 
 
 def _mirror_best(plan: StudyPlan, storage: Storage, study: optuna.Study, stage: Stage) -> None:
-    """Write the stage's best layouts as Optuna trials, once per study: the slots are taken under the
-    study's budget lock (:func:`autotune.store.budget.reserve`), so a second driver finds none left."""
+    """Write the stage's best layouts as Optuna trials, once per study: trial n is the n-th best.
+
+    The slots are taken under the study's budget lock (:func:`autotune.store.budget.reserve`), so a second
+    driver finds none left; then every trial still RUNNING is written: the slots just taken, or those of a
+    driver killed between taking and writing them. A trial is written only while RUNNING and its content
+    follows from its number, so drivers writing the same trial at once store it once, and the same.
+    """
     ranked = stage.ranked(plan)[:DASHBOARD_TRIALS]
-    slots = reserve(storage.optuna(), study_id(study), len(ranked), len(ranked))
+    ostore, sid = storage.optuna(), study_id(study)
+    reserve(ostore, sid, len(ranked), len(ranked))
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     choices = {d.name: d.choices for d in plan.space.dimensions} | {
         k: tuple(plan.values_of(k)) for k in ("nodes", "global_batch")}
     finished = []
-    for slot, i in zip(slots, ranked, strict=False):
+    for trial in running:
+        if trial.number >= len(ranked):
+            continue
+        i = ranked[trial.number]
         row, params = stage.rows[i], stage.params[i]
         m = row.metrics
         finished.append(FinishedTrial(
-            trial_id=slot.trial_id, state=optuna.trial.TrialState.COMPLETE, values=plan.objective.values(m),
+            trial_id=ostore.get_trial_id_from_study_id_trial_number(sid, trial.number),
+            state=optuna.trial.TrialState.COMPLETE, values=plan.objective.values(m),
             params=params, distributions={k: CategoricalDistribution(choices[k]) for k in params},
             user_attrs={"status": row.status, "fidelity": row.fidelity, "layout": row.layout,
                         "evaluation": row.trial, "memory_gib": round(m["memory_gib"]["total"], 3),
                         "step_time_s": m["step_time_s"], "tokens_per_s": m["tokens_per_s"], "mfu": m["mfu"]},
             system_attrs={}))
-    record_finished(storage.optuna(), finished)
+    record_finished(ostore, finished)
