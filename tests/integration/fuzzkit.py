@@ -6,9 +6,11 @@ text itself garbled), model YAML, Hugging Face ``config.json``, search-space YAM
 
 Every case runs ``autotune.cli.main`` in-process. ``estimate`` cases run for real (no DB, no Ray).
 ``submit`` cases run the CLI's own validation path — spec, model, GPU, space, objective, evaluator,
-storage, the driver's specialised space — with :meth:`Driver.open` replaced by a stub that raises
-:class:`Valid` (and first draws a point of the space, which evaluates every ``when``), so a valid case
-never starts a study and an invalid one must fail before the study is created. :func:`run` returns
+storage, the driver's specialised space — with :meth:`Driver.open` (the sampler path) and
+``open_db_study`` in :mod:`autotune.study.run` (the analytic stage of ``sampler: auto``, the default)
+replaced by stubs that raise :class:`Valid` (and first draw a point of the space, which evaluates every
+``when``), so a valid case never starts a study and an invalid one must fail before the study is created.
+:func:`auto_specs` fuzzes the ``auto`` default and ``training.global_batch`` lists. :func:`run` returns
 ``ok`` (worked, or valid up to the study), ``exit2`` (one line ``error: <field>: ...``, no traceback,
 DB file unchanged) or ``other: <why>`` (a bug).
 """
@@ -29,10 +31,11 @@ import yaml
 from hypothesis import strategies as st
 
 from autotune.cli import main
+from autotune.study import run as study_run
 from autotune.study.driver import Driver
 
-__all__ = ["Valid", "run", "specs", "model_yamls", "hf_configs", "spaces", "estimate_flags", "submit_flags",
-           "prepare"]
+__all__ = ["Valid", "run", "specs", "auto_specs", "model_yamls", "hf_configs", "spaces", "estimate_flags",
+           "submit_flags", "prepare"]
 
 BASE_SPEC: dict[str, Any] = {
     "name": "fuzz", "model": "llama3-8b", "cluster": {"gpu": "h100-sxm", "gpus_per_node": 8, "nodes": 1},
@@ -41,6 +44,10 @@ BASE_SPEC: dict[str, Any] = {
                "seed": 0},
     "objective": "throughput",
 }
+BASE_AUTO_SPEC: dict[str, Any] = BASE_SPEC | {
+    "training": BASE_SPEC["training"] | {"global_batch": [32, 64]},
+    "search": {k: v for k, v in BASE_SPEC["search"].items() if k not in ("sampler", "n_trials")}}
+"""An analytic study on the ``auto`` sampler (the default, so not named) over two global batch sizes."""
 BASE_MODEL: dict[str, Any] = {"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn_hidden": 4096,
                               "vocab": 32000, "activation": "swiglu", "tied_embeddings": False, "norm": "rmsnorm",
                               "bias": "none", "position_embedding": "rope", "max_seq_len": 4096, "dropout": False}
@@ -135,6 +142,20 @@ def specs(draw: st.DrawFn) -> str:
     return _either(draw, BASE_SPEC, ["rack", "cluster.rack", "training.lr", "search.pruner", "objective.x"])
 
 
+batch_values = st.one_of(st.integers(-2, 130), st.sampled_from([2**31, 2**70, 1.5, 8.0, True, "8", "a", None]), values)
+
+
+@st.composite
+def auto_specs(draw: st.DrawFn) -> str:
+    """A ``sampler: auto`` study spec's YAML text: ``training.global_batch`` set to a random list (or value)
+    half the time, otherwise the usual mutations of any field."""
+    if draw(st.booleans()):
+        data = json.loads(json.dumps(BASE_AUTO_SPEC))
+        data["training"]["global_batch"] = draw(st.one_of(st.lists(batch_values, max_size=4), batch_values))
+        return _dump(data)
+    return _either(draw, BASE_AUTO_SPEC, ["search.sampler", "search.fidelities", "training.lr"])
+
+
 @st.composite
 def model_yamls(draw: st.DrawFn) -> str:
     """A model YAML file's text."""
@@ -208,6 +229,12 @@ def _stub_open(self: Driver, create: bool) -> None:
     raise Valid
 
 
+def _stub_open_db_study(plan: Any, storage: Any, create: bool) -> None:
+    next(plan.space.points(), None)
+    plan.space.sample(lambda name, choices: choices[-1])
+    raise Valid
+
+
 LINE = re.compile(r"^error: (\S.*?: \S|[\w*]+=\S|[a-z_]+ needs |.*'--[a-z-]+'|No such option: --"
                   r"|Got unexpected extra argument)")
 """``error: <field>: <problem>`` (the field may be an unknown key), a layout's ``<field>=<value> ...`` or
@@ -220,8 +247,9 @@ def run(args: list[str], db: Path) -> str:
     out, err = io.StringIO(), io.StringIO()
     code: Any = 0
     try:
-        with mock.patch.object(Driver, "open", _stub_open), contextlib.redirect_stdout(out), \
-                contextlib.redirect_stderr(err):
+        with mock.patch.object(Driver, "open", _stub_open), \
+                mock.patch.object(study_run, "open_db_study", _stub_open_db_study), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main(args)
     except Valid:
         code = 0

@@ -63,3 +63,27 @@ def test_fuzzed_cli_flags(db, est, sub) -> None:
     _ok(fk.run(est, db))
     (db.parent / "base.yaml").write_text(json.dumps(fk.BASE_SPEC))
     _ok(fk.run(["submit", str(db.parent / "base.yaml"), "--storage", f"sqlite:///{db}", *sub], db))
+
+
+@CI
+@given(text=fk.auto_specs())
+def test_fuzzed_auto_spec_and_global_batch_lists(db, text) -> None:
+    (db.parent / "spec.yaml").write_text(text)
+    _ok(fk.run(["submit", str(db.parent / "spec.yaml"), "--storage", f"sqlite:///{db}"], db))
+
+
+def test_valid_auto_spec_stops_before_the_analytic_stage(db) -> None:
+    """The stub stands in for the stage's study: a valid ``auto`` spec passes every check and stores nothing."""
+    (db.parent / "auto.yaml").write_text(json.dumps(fk.BASE_AUTO_SPEC))
+    assert fk.run(["submit", str(db.parent / "auto.yaml"), "--storage", f"sqlite:///{db}"], db) == "ok"
+
+
+@pytest.mark.parametrize("batches", [[], [0], [8, 8], ["a"], [64, -8], [8.5], [[8]]])
+def test_bad_global_batch_list_exits_2_naming_it_and_creates_no_db(tmp_path, cli, batches) -> None:
+    spec = dict(fk.BASE_AUTO_SPEC, training=dict(fk.BASE_AUTO_SPEC["training"], global_batch=batches))
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec))
+    db = tmp_path / "never.db"
+    code, _, err = cli(["submit", str(tmp_path / "spec.yaml"), "--storage", f"sqlite:///{db}"])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: training") and "global_batch" in err, err
+    assert not db.exists()
