@@ -2,7 +2,9 @@
 
 Supported ``architectures``: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (q/k/v biases),
 GPT2LMHeadModel (n_embd, n_layer, n_head, n_inner; tied, GELU 4h, learned positions) and
-GPTNeoXForCausalLM (parallel attention; biases; rotary). Anything else — mixture-of-experts models in
+GPTNeoXForCausalLM (parallel attention; biases; rotary). The RoPE base is ``rope_theta`` (Llama, Mistral,
+Qwen2; ``rotary_emb_base`` for GPT-NeoX), 10000 when absent (the transformers default for all four).
+Anything else — mixture-of-experts models in
 particular — is refused by name rather than counted wrongly.
 """
 
@@ -39,6 +41,7 @@ def _llama_like(cfg: dict[str, Any], bias: str) -> dict[str, Any]:
         norm="rmsnorm",
         bias=bias,
         position_embedding="rope",
+        rope_theta=cfg.get("rope_theta", 10000.0),
         max_seq_len=cfg.get("max_position_embeddings", 4096),
     )
 
@@ -58,7 +61,8 @@ def _neox(cfg: dict[str, Any]) -> dict[str, Any]:
         layers=_req(cfg, "num_hidden_layers"), hidden=_req(cfg, "hidden_size"), heads=_req(cfg, "num_attention_heads"),
         ffn_hidden=_req(cfg, "intermediate_size"), vocab=_req(cfg, "vocab_size"), activation="gelu",
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), norm="layernorm", bias="all",
-        position_embedding="rope", max_seq_len=cfg.get("max_position_embeddings", 2048),
+        position_embedding="rope", rope_theta=cfg.get("rotary_emb_base", 10000.0),
+        max_seq_len=cfg.get("max_position_embeddings", 2048),
     )
 
 

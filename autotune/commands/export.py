@@ -14,7 +14,7 @@ import typer
 from autotune.commands.study import STORAGE_HELP
 from autotune.config import DERIVED_FIELDS, ParallelConfig, derive, layout_kwargs
 from autotune.errors import InfeasibleConfig, SpecError, StorageError
-from autotune.export import EXPORTERS, get_exporter, launcher_args
+from autotune.export import EXPORTERS, get_exporter, launch_script
 from autotune.results.best import FIDELITY_RANK, best_report
 from autotune.search.objectives import objective_for
 from autotune.spec import ClusterSpec, StudySpec, parse_spec
@@ -70,37 +70,54 @@ def export_cmd(
     fmt: str = typer.Option(..., "--format", "-f", help=f"Launch format: {' | '.join(EXPORTERS)}."),
     trial: int | None = typer.Option(None, "--trial", help="Trial number [default: the best layout that fits]."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    launcher: Path | None = typer.Option(
+        None, "--launcher", help="deepspeed: write the launch script here [default: FILE with the suffix .sh]."),
+    force: bool = typer.Option(False, "--force", help="deepspeed: overwrite an existing launch script."),
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
 ) -> None:
     """Write a trial's layout as a Megatron-LM, DeepSpeed or torchtitan launch configuration.
 
-    megatron: pretrain_gpt.py flags. torchtitan: a job-config TOML. deepspeed: the ds_config.json on
-    stdout (or FILE) and the matching Megatron-DeepSpeed launcher flags on stderr (or FILE with the
-    suffix .args, e.g. ds_config.json -> ds_config.args, whose --deepspeed_config names FILE).
+    megatron, torchtitan: a bash launch script (torchrun with nodes and GPUs per node, environment,
+    every flag; its own arguments are passed on). deepspeed: the ds_config.json on stdout (or FILE) and
+    the matching Megatron-DeepSpeed launch script (.sh) on stderr, or in --launcher PATH, by default
+    FILE with the suffix .sh (ds_config.json -> ds_config.sh, whose --deepspeed_config names FILE); an
+    existing launch script is kept unless --force.
     """
     exporter = get_exporter(fmt)
+    if launcher is not None and fmt != "deepspeed":
+        raise SpecError(f"launcher: only the deepspeed format writes a separate launch script (got --format {fmt})")
+    if launcher is not None and output is None:
+        raise SpecError("launcher: --launcher needs --output for the ds_config.json it names")
     store = Storage(storage, create=False)
     problem, cluster, cfg, _ = load_layout(store, study, trial)
     text = exporter.render(problem.model, problem.training, cluster, cfg)
-    args = None
-    if fmt == "deepspeed":
-        args_path = output.with_suffix(".args") if output else None
-        if output is not None and args_path == output:
-            raise SpecError(f"output: {output} would be overwritten by the launcher args; use a .json name")
-        args = launcher_args(problem.training, cluster, cfg, str(output) if output else "ds_config.json")
+    if fmt != "deepspeed":
+        _emit(output, text)
+        return
+    script_path = launcher or (output.with_suffix(".sh") if output else None)
+    if output is not None and script_path == output:
+        raise SpecError(f"output: {output} would be overwritten by the launch script; use a .json name")
+    if script_path is not None and script_path.exists() and not force:
+        raise SpecError(f"launcher: {script_path} exists; pass --force to overwrite it or --launcher PATH")
+    script = launch_script(problem.model, problem.training, cluster, cfg, str(output) if output else "ds_config.json")
     if output is None:
         typer.echo(text, nl=False)
-        if args:
-            typer.echo(args, err=True, nl=False)
+        typer.echo(script, err=True, nl=False)
         return
     _write(output, text)
-    if args:
-        _write(args_path, args)
+    _write(script_path, script, f" (launch script for {output})")
 
 
-def _write(path: Path, text: str) -> None:
+def _emit(output: Path | None, text: str) -> None:
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        _write(output, text)
+
+
+def _write(path: Path, text: str, note: str = "") -> None:
     try:
         path.write_text(text)
     except OSError as e:
         raise SpecError(f"output: cannot write {path}: {e.strerror}") from e
-    typer.echo(f"wrote {path}", err=True)
+    typer.echo(f"wrote {path}{note}", err=True)

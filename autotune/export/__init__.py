@@ -1,11 +1,12 @@
-"""Launch-config exporters: a ParallelConfig becomes Megatron-LM flags, a DeepSpeed config or a
-torchtitan job config. Each is an :class:`Exporter`; look one up with :func:`get_exporter`."""
+"""Launch-config exporters: a ParallelConfig becomes a Megatron-LM (core_v0.19.0) or torchtitan (0.3.0)
+launch script, or a DeepSpeed (0.19) config with its Megatron-DeepSpeed launch script. Each is an
+:class:`Exporter`; look one up with :func:`get_exporter`."""
 
 from __future__ import annotations
 
 from autotune.errors import SpecError
 from autotune.export.base import Exporter, check_exportable
-from autotune.export.deepspeed import DeepSpeedExporter, launcher_args
+from autotune.export.deepspeed import DeepSpeedExporter, launch_script
 from autotune.export.megatron import MegatronExporter
 from autotune.export.torchtitan import TorchtitanExporter
 
@@ -17,7 +18,7 @@ __all__ = [
     "MegatronExporter",
     "DeepSpeedExporter",
     "TorchtitanExporter",
-    "launcher_args",
+    "launch_script",
 ]
 
 EXPORTERS: dict[str, Exporter] = {

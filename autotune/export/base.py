@@ -1,4 +1,5 @@
-"""The exporter contract: a ParallelConfig becomes a framework's launch configuration text."""
+"""The exporter contract: a ParallelConfig becomes a framework's launch configuration text (a launch
+script, or a config file the launch script reads)."""
 
 from __future__ import annotations
 

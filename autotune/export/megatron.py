@@ -1,33 +1,44 @@
-"""Megatron-LM exporter: the ``pretrain_gpt.py`` argument list for a layout.
+"""Megatron-LM exporter: a launch script running ``pretrain_gpt.py`` under ``torchrun`` for a layout.
 
-The output is one flag per line with trailing backslashes, ready to paste after
-``torchrun ... pretrain_gpt.py \\``. Data, tokenizer (and so the vocabulary), optimizer and schedule
-flags are left to the user. Flag names follow ``megatron/training/arguments.py`` (core 0.12).
+Targets Megatron-LM core_v0.19.0 (``megatron/training/arguments.py``: flag names and ``validate_args``).
+The script sets ``CUDA_DEVICE_MAX_CONNECTIONS=1`` when tp or cp > 1 (``validate_args`` asserts it on GPUs
+before Blackwell, and the TP/CP communication overlap relies on one hardware queue), then runs
+``torchrun --nnodes N --nproc-per-node G pretrain_gpt.py`` with the model shape (RoPE base included),
+the vocabulary, the layout, batch, recompute and precision flags.
+
+The vocabulary is exact: ``--tokenizer-type NullTokenizer --vocab-size V --mock-data`` (megatron.core's
+NullTokenizer has exactly V tokens) with ``--make-vocab-size-divisible-by`` chosen so Megatron adds no
+padding, so the script benchmarks the exported model on synthetic data as it stands. For real training
+replace those four flags with ``--data-path PREFIX --tokenizer-type HuggingFaceTokenizer --tokenizer-model
+NAME``; optimizer and schedule flags (``--lr``, ``--train-iters`` ...) go after the script's name: it passes
+its own arguments on.
 """
 
 from __future__ import annotations
 
 from autotune.config import ParallelConfig
 from autotune.export.base import check_exportable
+from autotune.export.launch import Flag, render_script, rope_base, torchrun_launcher, vocab_divisor
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 __all__ = [
     "MegatronExporter",
-    "Flag",
+    "MEGATRON_VERSION",
     "model_flags",
+    "vocab_flags",
     "parallel_flags",
     "batch_flags",
     "recompute_flags",
     "precision_flags",
-    "format_flags",
+    "megatron_env",
 ]
 
-Flag = tuple[str, int | str | None]
-"""A command-line flag and its value (None for a switch)."""
+MEGATRON_VERSION = "core_v0.19.0"
+"""The Megatron-LM release whose argument parser the flags follow."""
 
 
 def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
-    """Model shape flags (GPT model of Megatron-LM)."""
+    """Model shape flags (GPT model of Megatron-LM), RoPE base included."""
     flags: list[Flag] = [
         ("--num-layers", model.layers),
         ("--hidden-size", model.hidden),
@@ -35,9 +46,12 @@ def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
         ("--ffn-hidden-size", model.ffn),
         ("--seq-length", training.seq_len),
         ("--max-position-embeddings", max(model.max_seq_len, training.seq_len)),
-        ("--position-embedding-type", "rope" if model.position_embedding == "rope" else "learned_absolute"),
-        ("--normalization", "RMSNorm" if model.norm == "rmsnorm" else "LayerNorm"),
     ]
+    if model.position_embedding == "rope":
+        flags += [("--position-embedding-type", "rope"), ("--rotary-base", rope_base("megatron", model))]
+    else:
+        flags.append(("--position-embedding-type", "learned_absolute"))
+    flags.append(("--normalization", "RMSNorm" if model.norm == "rmsnorm" else "LayerNorm"))
     if model.n_kv_heads != model.heads:
         flags += [("--group-query-attention", None), ("--num-query-groups", model.n_kv_heads)]
     if model.activation == "swiglu":
@@ -53,6 +67,12 @@ def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
     if training.flash_attention:
         flags.append(("--use-flash-attn", None))
     return flags
+
+
+def vocab_flags(model: ModelSpec, cfg: ParallelConfig) -> list[Flag]:
+    """Exactly ``model.vocab`` tokens of synthetic data: NullTokenizer, no padding, mock data."""
+    return [("--tokenizer-type", "NullTokenizer"), ("--vocab-size", model.vocab),
+            ("--make-vocab-size-divisible-by", vocab_divisor(model.vocab, cfg.tp)), ("--mock-data", None)]
 
 
 def parallel_flags(cfg: ParallelConfig) -> list[Flag]:
@@ -98,24 +118,24 @@ def precision_flags(training: TrainingSpec) -> list[Flag]:
     }[training.precision]
 
 
-def format_flags(flags: list[Flag]) -> str:
-    """One flag per line, continued with backslashes, newline-terminated."""
-    lines = [flag if value is None else f"{flag} {value}" for flag, value in flags]
-    return " \\\n".join(lines) + "\n"
+def megatron_env(cfg: ParallelConfig) -> dict[str, str]:
+    """``CUDA_DEVICE_MAX_CONNECTIONS=1`` with tensor or context parallelism (asserted by ``validate_args``
+    on pre-Blackwell GPUs: it keeps the TP/CP collectives ahead of the compute they overlap)."""
+    return {"CUDA_DEVICE_MAX_CONNECTIONS": "1"} if cfg.tp > 1 or cfg.cp > 1 else {}
 
 
 class MegatronExporter:
-    """Megatron-LM ``pretrain_gpt.py`` flags."""
+    """Megatron-LM (core_v0.19.0) ``torchrun pretrain_gpt.py`` launch script."""
 
     name = "megatron"
-    suffix = ".args"
+    suffix = ".sh"
 
     def render(
         self, model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, cfg: ParallelConfig
     ) -> str:
-        """The flag list for ``cfg``; raises InfeasibleConfig when Megatron-LM cannot run it."""
+        """The launch script for ``cfg``; raises InfeasibleConfig when Megatron-LM cannot run it."""
         check_exportable(self.name, training, cluster, cfg)
-        flags = model_flags(model, training) + parallel_flags(cfg)
+        flags = model_flags(model, training) + vocab_flags(model, cfg) + parallel_flags(cfg)
         if cfg.vpp > 1:
             flags.append(("--num-layers-per-virtual-pipeline-stage", model.layers // (cfg.pp * cfg.vpp)))
         flags.append(("--context-parallel-size", cfg.cp))
@@ -131,4 +151,12 @@ class MegatronExporter:
             flags.append(("--overlap-param-gather", None))
         if cfg.tp_comm_overlap:
             flags.append(("--tp-comm-overlap", None))
-        return format_flags(flags)
+        header = [
+            f"Megatron-LM {MEGATRON_VERSION}: {model.name} on {cluster.node_counts[0]} node(s) x "
+            f"{cluster.gpus_per_node} GPUs, tp={cfg.tp} pp={cfg.pp} vpp={cfg.vpp} cp={cfg.cp} dp={cfg.dp}.",
+            "Run from a Megatron-LM checkout on every node (multi-node: set NODE_RANK and MASTER_ADDR).",
+            "Synthetic data with the model's exact vocabulary: for real training replace the NullTokenizer,",
+            "--vocab-size and --mock-data flags with --data-path PREFIX --tokenizer-type HuggingFaceTokenizer",
+            "--tokenizer-model NAME. Arguments to this script (--lr, --train-iters ...) are passed on.",
+        ]
+        return render_script(header, megatron_env(cfg), [*torchrun_launcher(cluster), "pretrain_gpt.py"], flags)

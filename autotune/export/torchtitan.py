@@ -1,33 +1,105 @@
-"""torchtitan exporter: a TOML job config (``--job.config_file``) for a layout.
+"""torchtitan exporter: a launch script running ``torchrun -m torchtitan.train`` for a layout.
 
-Keys follow ``torchtitan/config/job_config.py``. The mapping:
+Targets torchtitan 0.3.0, which reads no TOML: ``--module llama3 --config FUNCTION`` picks a
+``config_registry`` function (the model shape lives there; the command line cannot change it) and
+``--section.key value`` flags override its fields (``torchtitan/config/manager.py``, tyro). The mapping:
 
-- zero=0 is DDP (``data_parallel_replicate_degree = dp``); zero=2/3 is FSDP2 over ``dp_shard`` ranks,
-  replicated ``dp / dp_shard`` times (HSDP), with ``fsdp_reshard_after_forward`` "never" (ZeRO-2)
-  or "always" (ZeRO-3).
+- The model must be one of the registered Llama 3 configs (:data:`CONFIGS`, shapes from
+  ``torchtitan/models/llama3/__init__.py``); llama3_405b builds float8 linears (with compile), so it is
+  the fp8 config and the only one: 8B and 70B train in bf16 or fp32.
+- zero=0 replicates the weights (``data_parallel_replicate_degree = dp``, shard degree 1: torchtitan
+  0.3.0 applies ``fully_shard`` over a size-1 shard mesh, i.e. plain data parallelism); zero=2/3 is
+  FSDP2 over ``dp_shard`` ranks, replicated ``dp / dp_shard`` times (HSDP), with
+  ``fsdp_reshard_after_forward`` "never" (ZeRO-2) or "always" (ZeRO-3).
 - Without pipelining, ``local_batch_size`` is the micro-batch and torchtitan derives gradient
   accumulation from ``global_batch_size``. With pipelining, one local batch holds all micro-batches
   of a step (``local_batch_size = micro · GA``, split by ``pipeline_parallel_microbatch_size``),
-  and each virtual stage gets ``layers / (pp · vpp)`` blocks (embedding and output not counted).
-  The schedule is GPipe, 1F1B, or Interleaved1F1B when vpp > 1.
-- fp8 is bf16 plus the ``float8`` model converter; async TP needs ``training.compile``.
-
-torchtitan builds models from registered flavors, so ``[model]`` names the family and the spec's
-model name, with the shape in a comment for picking or registering the matching flavor.
+  each virtual stage gets ``layers / (pp · vpp)`` blocks, and CUDA graphs are off
+  (``--training.disable_cuda_graphs``: they do not support pipelining). Schedules: GPipe, 1F1B,
+  Interleaved1F1B when vpp > 1.
+- Async TP is ``compile.enable_async_tensor_parallel`` and needs ``compile.enable``; both are always
+  written, so a config's own defaults never leak in. Activation checkpointing is the
+  ``activation-checkpoint:none|selective|full`` subcommand (selective is per-op).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from dataclasses import dataclass
 
 from autotune.config import ParallelConfig
+from autotune.errors import InfeasibleConfig
 from autotune.export.base import check_exportable
+from autotune.export.launch import Flag, render_script, torchrun_launcher
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
-__all__ = ["TorchtitanExporter", "job_config"]
+__all__ = ["TorchtitanExporter", "TorchtitanConfig", "CONFIGS", "TORCHTITAN_VERSION", "find_config", "overrides"]
+
+TORCHTITAN_VERSION = "0.3.0"
+"""The torchtitan release whose command line the script follows."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchtitanConfig:
+    """One registered torchtitan model config and the shape it builds."""
+
+    function: str
+    """``config_registry`` function name, the value of ``--config``."""
+    layers: int
+    """Transformer blocks."""
+    hidden: int
+    """Model width (``dim``)."""
+    heads: int
+    """Query heads."""
+    kv_heads: int
+    """Key/value heads."""
+    ffn: int
+    """SwiGLU inner width (``compute_ffn_hidden_dim`` of the flavor)."""
+    vocab: int
+    """Vocabulary size."""
+    rope_theta: float
+    """RoPE base."""
+    fp8: bool
+    """Whether the config converts linears to float8 (its model spec cannot be changed from the command line)."""
+
+    def shape(self) -> tuple[int, ...]:
+        """The fields a ModelSpec must match."""
+        return (self.layers, self.hidden, self.heads, self.kv_heads, self.ffn, self.vocab, self.rope_theta)
+
+
+CONFIGS: tuple[TorchtitanConfig, ...] = (
+    TorchtitanConfig(function="llama3_8b", layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336,
+                     vocab=128256, rope_theta=500000.0, fp8=False),
+    TorchtitanConfig(function="llama3_70b", layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672,
+                     vocab=128256, rope_theta=500000.0, fp8=False),
+    TorchtitanConfig(function="llama3_405b", layers=126, hidden=16384, heads=128, kv_heads=8, ffn=53248,
+                     vocab=128256, rope_theta=500000.0, fp8=True),
+)
+"""torchtitan 0.3.0's Llama 3 configs (``torchtitan/models/llama3/config_registry.py``): untied, RMSNorm,
+SwiGLU, no biases."""
 
 _RESHARD = {0: "default", 2: "never", 3: "always"}
+
+
+def _shape(model: ModelSpec) -> tuple[int, ...] | None:
+    llama = (model.activation, model.norm, model.bias, model.position_embedding, model.tied_embeddings)
+    if llama != ("swiglu", "rmsnorm", "none", "rope", False):
+        return None
+    return (model.layers, model.hidden, model.heads, model.n_kv_heads, model.ffn, model.vocab, model.rope_theta)
+
+
+def find_config(model: ModelSpec, training: TrainingSpec) -> TorchtitanConfig:
+    """The registered config that builds ``model`` in ``training.precision``; raises InfeasibleConfig."""
+    matches = [c for c in CONFIGS if c.shape() == _shape(model)]
+    if not matches:
+        shapes = "; ".join(f"{c.function}: layers={c.layers} hidden={c.hidden} heads={c.heads} kv_heads="
+                           f"{c.kv_heads} ffn={c.ffn} vocab={c.vocab} rope_theta={c.rope_theta:g}" for c in CONFIGS)
+        raise InfeasibleConfig(f"torchtitan: model {model.name!r} is not a registered torchtitan {TORCHTITAN_VERSION}"
+                               f" config (the shape is fixed by --config; allowed: {shapes})")
+    (config,) = matches
+    if config.fp8 != (training.precision == "fp8"):
+        raise InfeasibleConfig(f"torchtitan: precision={training.precision} with model {model.name!r} is not supported"
+                               f" ({config.function} {'always' if config.fp8 else 'never'} builds float8 linears)")
+    return config
 
 
 def _schedule(cfg: ParallelConfig) -> str:
@@ -36,71 +108,60 @@ def _schedule(cfg: ParallelConfig) -> str:
     return "Interleaved1F1B" if cfg.vpp > 1 else "1F1B"
 
 
-def job_config(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -> dict[str, dict[str, Any]]:
-    """The job config as ``{section: {key: value}}`` (no support check; see :class:`TorchtitanExporter`)."""
+def _switch(name: str, on: bool) -> Flag:
+    section, key = name.rsplit(".", 1)
+    return (name if on else f"{section}.no-{key.replace('_', '-')}", None)
+
+
+def overrides(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -> list[Flag]:
+    """The ``--section.key`` flags for ``cfg`` (no support check; see :class:`TorchtitanExporter`)."""
     sharded = cfg.zero >= 2
-    local = cfg.micro_batch * (cfg.grad_accum if cfg.pp > 1 else 1)
-    parallelism: dict[str, Any] = {
-        "data_parallel_replicate_degree": cfg.dp_replicate if sharded else cfg.dp,
-        "data_parallel_shard_degree": cfg.dp_shard if sharded else 1,
-        "fsdp_reshard_after_forward": _RESHARD[cfg.zero],
-        "tensor_parallel_degree": cfg.tp,
-        "enable_async_tensor_parallel": cfg.tp_comm_overlap,
-        "context_parallel_degree": cfg.cp,
-        "pipeline_parallel_degree": cfg.pp,
-    }
+    flags: list[Flag] = [
+        ("--training.local_batch_size", cfg.micro_batch * (cfg.grad_accum if cfg.pp > 1 else 1)),
+        ("--training.global_batch_size", training.global_batch),
+        ("--training.seq_len", training.seq_len),
+        ("--training.mixed_precision_param", "float32" if training.precision == "fp32" else "bfloat16"),
+        ("--parallelism.data_parallel_replicate_degree", cfg.dp_replicate if sharded else cfg.dp),
+        ("--parallelism.data_parallel_shard_degree", cfg.dp_shard if sharded else 1),
+        ("--parallelism.fsdp_reshard_after_forward", _RESHARD[cfg.zero]),
+        ("--parallelism.tensor_parallel_degree", cfg.tp),
+        _switch("--parallelism.enable_sequence_parallel", cfg.sequence_parallel),
+        ("--parallelism.context_parallel_degree", cfg.cp),
+        ("--parallelism.pipeline_parallel_degree", cfg.pp),
+    ]
     if cfg.pp > 1:
-        parallelism |= {
-            "pipeline_parallel_schedule": _schedule(cfg),
-            "pipeline_parallel_microbatch_size": cfg.micro_batch,
-            "pipeline_parallel_layers_per_stage": model.layers // (cfg.pp * cfg.vpp),
-            "pipeline_parallel_first_stage_less_layers": 0,
-            "pipeline_parallel_last_stage_less_layers": 0,
-        }
-    training_section: dict[str, Any] = {
-        "local_batch_size": local,
-        "global_batch_size": training.global_batch,
-        "seq_len": training.seq_len,
-        "mixed_precision_param": "float32" if training.precision == "fp32" else "bfloat16",
-    }
-    if cfg.tp_comm_overlap:
-        training_section["compile"] = True
-    model_section: dict[str, Any] = {"name": "llama3", "flavor": model.name}
-    if training.precision == "fp8":
-        model_section["converters"] = ["float8"]
-    checkpoint: dict[str, Any] = {"mode": cfg.recompute}
-    if cfg.recompute == "selective":
-        checkpoint["selective_ac_option"] = "op"
-    return {"model": model_section, "training": training_section, "parallelism": parallelism,
-            "activation_checkpoint": checkpoint}
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
-
-
-def _shape_comment(model: ModelSpec) -> str:
-    return (f"# flavor must be a torchtitan flavor of this shape: layers={model.layers} hidden={model.hidden}"
-            f" heads={model.heads} kv_heads={model.n_kv_heads} ffn={model.ffn} vocab={model.vocab}")
+        flags += [
+            ("--parallelism.pipeline_parallel_schedule", _schedule(cfg)),
+            ("--parallelism.pipeline_parallel_microbatch_size", cfg.micro_batch),
+            ("--parallelism.pipeline_parallel_layers_per_stage", model.layers // (cfg.pp * cfg.vpp)),
+            ("--parallelism.pipeline_parallel_first_stage_less_layers", 0),
+            ("--parallelism.pipeline_parallel_last_stage_less_layers", 0),
+            ("--training.disable_cuda_graphs", None),
+        ]
+    compile_model = cfg.tp_comm_overlap or training.precision == "fp8"  # float8 linears are compiled
+    flags += [_switch("--compile.enable", compile_model),
+              _switch("--compile.enable_async_tensor_parallel", cfg.tp_comm_overlap)]
+    return flags
 
 
 class TorchtitanExporter:
-    """torchtitan TOML job config."""
+    """torchtitan 0.3.0 ``torchrun -m torchtitan.train`` launch script."""
 
     name = "torchtitan"
-    suffix = ".toml"
+    suffix = ".sh"
 
     def render(
         self, model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, cfg: ParallelConfig
     ) -> str:
-        """The TOML job config for ``cfg``; raises InfeasibleConfig when torchtitan cannot run it."""
+        """The launch script for ``cfg``; raises InfeasibleConfig when torchtitan cannot run it."""
         check_exportable(self.name, training, cluster, cfg)
-        lines = [f"# torchtitan job config: {cluster.node_counts[0]} node(s) x {cluster.gpus_per_node} GPUs"]
-        for section, values in job_config(model, training, cfg).items():
-            lines += ["", f"[{section}]"]
-            if section == "model":
-                lines.append(_shape_comment(model))
-            lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        return "\n".join(lines) + "\n"
+        config = find_config(model, training)
+        flags = [("--module", "llama3"), ("--config", config.function), *overrides(model, training, cfg)]
+        header = [
+            f"torchtitan {TORCHTITAN_VERSION}: {model.name} ({config.function}) on {cluster.node_counts[0]} node(s)"
+            f" x {cluster.gpus_per_node} GPUs, tp={cfg.tp} pp={cfg.pp} vpp={cfg.vpp} cp={cfg.cp} dp={cfg.dp}.",
+            "Run from a torchtitan checkout (its config's hf_assets_path and dataset) on every node",
+            "(multi-node: set NODE_RANK and MASTER_ADDR). Arguments to this script are passed on.",
+        ]
+        return render_script(header, {}, [*torchrun_launcher(cluster), "-m torchtitan.train"], flags,
+                             last=(f"activation-checkpoint:{cfg.recompute}",))

@@ -5,7 +5,8 @@ A :class:`ParallelConfig` is framework-neutral; this table says where Megatron-L
 that holds when the layout is supported, and a message template formatted with the layout's fields
 (``cfg.to_dict()``) plus ``seq_len`` and ``precision`` from the training spec.
 
-Sources (as of Megatron-LM core 0.12, DeepSpeed 0.16+, torchtitan 0.2):
+Sources (the releases the exporters target: Megatron-LM core_v0.19.0, DeepSpeed 0.19 with
+Megatron-DeepSpeed's ``megatron/arguments.py``, torchtitan 0.3.0):
 
 - Megatron-LM: ZeRO-1 is ``--use-distributed-optimizer``; there is no ZeRO-2/3 outside Megatron-FSDP
   (not modelled); ``--tp-comm-overlap`` asserts ``--sequence-parallel``; the pipeline runs 1F1B
@@ -15,11 +16,15 @@ Sources (as of Megatron-LM core 0.12, DeepSpeed 0.16+, torchtitan 0.2):
   ``TrainSchedule`` (no interleaving, no GPipe);
   Megatron-DeepSpeed has no ring context parallelism, no TP comm overlap, no FP8, and partitions
   ZeRO states over the whole data-parallel group.
-- torchtitan: FSDP2 (``fully_shard``) or DDP only, so no ZeRO-1; pipeline schedules 1F1B,
-  Interleaved1F1B and GPipe (``torch.distributed.pipelining``); TP always shards the sequence
-  (sequence parallel); CP always applies FSDP over the cp ranks; mixed precision is bf16 or fp32;
-  activation checkpointing is per block, with no partial-layer count; load-balanced CP needs
-  ``seq_len`` divisible by ``2·cp·tp`` (``ParallelDims.seq_len_divisor``).
+- torchtitan: FSDP2 (``fully_shard``) only, so no ZeRO-1; zero=0 is ``fully_shard`` over a size-1
+  shard mesh (0.3.0's llama3 ``parallelize`` always applies it, so the 0.2 refusal "DDP has not
+  supported > 1D parallelism" of ``apply_ddp`` no longer arises and DDP composes with tp/pp);
+  pipeline schedules 1F1B, Interleaved1F1B and GPipe (``torch.distributed.pipelining``); tensor
+  parallelism with or without sequence parallelism (``parallelism.enable_sequence_parallel``); CP
+  always applies FSDP over the cp ranks; mixed precision is bf16 or fp32 (fp8 is a model config of its
+  own: see :mod:`autotune.export.torchtitan`); activation checkpointing is per block, with no
+  partial-layer count; load-balanced CP needs ``seq_len`` divisible by ``2·cp·tp``
+  (``ParallelDims.seq_len_divisor``).
 """
 
 from __future__ import annotations
@@ -89,9 +94,6 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(field="zero", ok=lambda c, t: c.zero >= 2 or c.cp == 1,
              message="zero={zero} with cp={cp} is not supported"
                      " (context parallelism always applies FSDP over the cp ranks: use zero=2 or zero=3)"),
-        Rule(field="sequence_parallel", ok=lambda c, t: c.tp == 1 or c.sequence_parallel,
-             message="sequence_parallel=False with tp={tp} is not supported"
-                     " (torchtitan's tensor parallelism always shards the sequence)"),
         Rule(field="recompute_layers", ok=lambda c, t: c.recompute_layers is None,
              message="recompute_layers={recompute_layers} is not supported"
                      " (activation checkpointing applies to every block)"),

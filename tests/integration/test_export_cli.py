@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
 
@@ -17,6 +16,7 @@ from autotune.search.frameworks import FRAMEWORKS
 from autotune.spec import parse_spec
 from autotune.store.storage import EvaluationRecord, Storage
 from autotune.study.resolve import resolve
+from tests.contract.launchers import flags, read_script
 from tests.integration.studydb import SPEC, STUDY
 
 GLOBAL_BATCH = SPEC["training"]["global_batch"]
@@ -60,19 +60,21 @@ def _export(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def _flags(text: str) -> dict[str, str]:
-    pairs = (line.removesuffix(" \\").split(" ", 1) for line in text.splitlines())
-    return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+def _flags(text: str) -> dict[str, str | bool]:
+    return flags(read_script(text, "pretrain_gpt.py").args)
 
 
 def _check_megatron(text: str, nodes: int, layout: dict) -> None:
-    f = _flags(text)
+    script = read_script(text, "pretrain_gpt.py")
+    f = flags(script.args)
+    assert flags(script.launcher)["--nnodes"] == str(nodes) and flags(script.launcher)["--nproc-per-node"] == "8"
     tp, pp, cp = (int(f[k]) for k in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size",
                                       "--context-parallel-size"))
     dp = 8 * nodes // (tp * pp * cp)
     assert int(f["--global-batch-size"]) == GLOBAL_BATCH
     assert int(f["--micro-batch-size"]) * layout["grad_accum"] * dp == GLOBAL_BATCH
     assert dp == layout["dp"]
+    assert script.env == ({"CUDA_DEVICE_MAX_CONNECTIONS": "1"} if tp > 1 else {})
 
 
 def _check_deepspeed(text: str, nodes: int, layout: dict) -> None:
@@ -81,20 +83,7 @@ def _check_deepspeed(text: str, nodes: int, layout: dict) -> None:
     assert c["train_micro_batch_size_per_gpu"] * c["gradient_accumulation_steps"] * layout["dp"] == GLOBAL_BATCH
 
 
-def _check_torchtitan(text: str, nodes: int, layout: dict) -> None:
-    c = tomllib.loads(text)
-    p = c["parallelism"]
-    dp = p["data_parallel_replicate_degree"] * p["data_parallel_shard_degree"]
-    assert dp * p["tensor_parallel_degree"] * p["pipeline_parallel_degree"] * p["context_parallel_degree"] == 8 * nodes
-    local = c["training"]["local_batch_size"]
-    assert c["training"]["global_batch_size"] == GLOBAL_BATCH and dp == layout["dp"]
-    if p["pipeline_parallel_degree"] > 1:  # one local batch holds every micro-batch of the step
-        assert local == p["pipeline_parallel_microbatch_size"] * layout["grad_accum"] and local * dp == GLOBAL_BATCH
-    else:  # torchtitan derives the accumulation from the global batch
-        assert local * layout["grad_accum"] * dp == GLOBAL_BATCH
-
-
-CHECKS = {"megatron": _check_megatron, "deepspeed": _check_deepspeed, "torchtitan": _check_torchtitan}
+CHECKS = {"megatron": _check_megatron, "deepspeed": _check_deepspeed}
 
 
 def _layout(db: str, trial: int) -> dict:
@@ -104,26 +93,41 @@ def _layout(db: str, trial: int) -> dict:
     return row.layout
 
 
-@pytest.mark.parametrize("fmt", FRAMEWORKS)
+@pytest.mark.parametrize("fmt", list(CHECKS))
 @pytest.mark.parametrize("trial", [0, 1])
 def test_each_format_batch_arithmetic(db, capsys, fmt, trial):
     code, out, err = _export(capsys, "exp", "--format", fmt, "--trial", str(trial), "--storage", db)
     assert code == 0, err
     CHECKS[fmt](out, LAYOUTS[trial][0], _layout(db, trial))
     if fmt == "deepspeed":
-        assert _flags(err)["--deepspeed_config"] == "ds_config.json"  # launcher args on stderr
+        assert _flags(err)["--deepspeed_config"] == "ds_config.json"  # launch script on stderr
     else:
         assert err == ""
 
 
+def test_frameworks_are_all_exercised():
+    """torchtitan 0.3.0 builds only its registered configs: this study's 8-layer model is refused by name
+    (tests/contract runs every format over the Llama 3 8B shape)."""
+    assert set(CHECKS) | {"torchtitan"} == set(FRAMEWORKS)
+
+
 def test_deepspeed_to_files(db, capsys, tmp_path):
-    target = tmp_path / "ds_config.json"
-    code, out, err = _export(capsys, "exp", "-f", "deepspeed", "--trial", "2", "-o", str(target), "--storage", db)
+    target, script = tmp_path / "ds_config.json", tmp_path / "ds_config.sh"
+    argv = ["exp", "-f", "deepspeed", "--trial", "2", "-o", str(target), "--storage", db]
+    code, out, err = _export(capsys, *argv)
     assert code == 0 and out == ""
     _check_deepspeed(target.read_text(), 1, _layout(db, 2))
-    args = _flags((tmp_path / "ds_config.args").read_text())
+    args = _flags(script.read_text())
     assert args["--deepspeed_config"] == str(target) and args["--zero-stage"] == "2"
-    assert err.splitlines() == [f"wrote {target}", f"wrote {tmp_path / 'ds_config.args'}"]
+    assert err.splitlines() == [f"wrote {target}", f"wrote {script} (launch script for {target})"]
+    script.write_text("mine\n")  # an existing launch script is kept unless --force
+    code, _, err = _export(capsys, *argv)
+    assert code == 2 and err == f"error: launcher: {script} exists; pass --force to overwrite it or --launcher PATH\n"
+    assert script.read_text() == "mine\n"
+    assert _export(capsys, *argv, "--force")[0] == 0 and script.read_text().startswith("#!/usr/bin/env bash")
+    other = tmp_path / "run.sh"
+    code, _, err = _export(capsys, *argv, "--launcher", str(other))
+    assert code == 0 and _flags(other.read_text())["--deepspeed_config"] == str(target)
 
 
 def test_default_is_the_best_trial(study_db, capsys):
@@ -143,6 +147,8 @@ def test_default_is_the_best_trial(study_db, capsys):
     (["--format", "megatron", "--trial", "3"], "trial: trial 3 of 'exp' is infeasible (tp=3 does not divide"),
     (["--format", "megatron", "--trial", "2"], "megatron: zero=2 is not supported"),
     (["--format", "nemo"], "format: unknown 'nemo' (allowed: megatron, deepspeed, torchtitan)"),
+    (["--format", "torchtitan", "--trial", "0"], "torchtitan: model "),
+    (["--format", "megatron", "--launcher", "x.sh"], "launcher: only the deepspeed format writes a separate"),
 ])
 def test_errors_are_one_line(db, capsys, argv, message):
     code, out, err = _export(capsys, "exp", *argv, "--storage", db)
@@ -162,6 +168,7 @@ def test_unknown_trial_subprocess(db):
     assert done.stderr.splitlines() == ["error: trial: study 'exp' has no trial 12345 (see `autotune trials exp`)"]
 
 
-def test_help_documents_deepspeed_args(capsys):
+def test_help_documents_the_launch_script(capsys):
     main(["export", "--help"])
-    assert ".args" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--launcher" in out and "--force" in out and "suffix .sh" in out

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-import tomllib
 
 import pytest
 
+from autotune.catalog import from_hf_config, get_model
 from autotune.config import derive
-from autotune.export import get_exporter, launcher_args
+from autotune.errors import InfeasibleConfig
+from autotune.export import get_exporter, launch_script
+from autotune.export.launch import vocab_divisor
+from autotune.export.torchtitan import CONFIGS
 from autotune.search.frameworks import unsupported_reason
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
+from tests.contract.launchers import flags, read_script
 
 MODEL = ModelSpec(name="tiny", layers=8, hidden=1024, heads=16, vocab=32000)
 TRAINING = TrainingSpec(seq_len=2048, global_batch=64, precision="bf16")
@@ -23,7 +27,16 @@ def _render(fmt: str, model: ModelSpec = MODEL, training: TrainingSpec = TRAININ
 
 
 def _lines(text: str) -> list[str]:
-    return [line.removesuffix(" \\") for line in text.splitlines()]
+    return [line.removesuffix(" \\").strip() for line in text.splitlines()]
+
+
+LLAMA3 = get_model("llama3-8b")
+
+
+def _titan(model: ModelSpec = LLAMA3, training: TrainingSpec = TRAINING, **layout) -> dict:
+    """The torchtitan flags (without ``--``) of a rendered script, plus the AC subcommand."""
+    text = _render("torchtitan", model=model, training=training, **layout)
+    return {k.removeprefix("--"): v for k, v in flags(read_script(text, "torchtitan.train").args).items()}
 
 
 def test_megatron_gpt_defaults():
@@ -60,37 +73,104 @@ def test_megatron_zero1_and_recompute():
     (3, 4, 4, 4, "always"),
 ])
 def test_torchtitan_data_parallel(zero, dp_shard, replicate, shard, reshard):
-    p = tomllib.loads(_render("torchtitan", zero=zero, dp_shard=dp_shard))["parallelism"]
-    assert (p["data_parallel_replicate_degree"], p["data_parallel_shard_degree"]) == (replicate, shard)
-    assert p["fsdp_reshard_after_forward"] == reshard
-    assert "pipeline_parallel_schedule" not in p
+    f = _titan(zero=zero, dp_shard=dp_shard)
+    assert (f["parallelism.data_parallel_replicate_degree"], f["parallelism.data_parallel_shard_degree"]) == (
+        str(replicate), str(shard))
+    assert f["parallelism.fsdp_reshard_after_forward"] == reshard
+    assert "parallelism.pipeline_parallel_schedule" not in f and "training.disable_cuda_graphs" not in f
 
 
 @pytest.mark.parametrize(("layout", "schedule"), [
     (dict(pp=2), "1F1B"), (dict(pp=2, vpp=2), "Interleaved1F1B"), (dict(pp=2, pp_schedule="gpipe"), "GPipe"),
 ])
 def test_torchtitan_pipeline(layout, schedule):
-    c = tomllib.loads(_render("torchtitan", micro_batch=2, **layout))
-    p = c["parallelism"]
-    assert p["pipeline_parallel_schedule"] == schedule
-    assert p["pipeline_parallel_layers_per_stage"] == 8 // (2 * layout.get("vpp", 1))
-    assert c["training"]["local_batch_size"] == 2 * 64 // (2 * 8)  # micro · GA: one local batch per step
+    f = _titan(micro_batch=2, **layout)
+    assert f["parallelism.pipeline_parallel_schedule"] == schedule
+    assert f["parallelism.pipeline_parallel_layers_per_stage"] == str(32 // (2 * layout.get("vpp", 1)))
+    assert f["training.local_batch_size"] == str(2 * 64 // (2 * 8))  # micro · GA: one local batch per step
+    assert f["training.disable_cuda_graphs"] is True  # CUDA graphs do not support pipelining
 
 
-@pytest.mark.parametrize(("precision", "param", "converters"), [
-    ("fp32", "float32", None), ("bf16", "bfloat16", None), ("fp8", "bfloat16", ["float8"]),
-])
-def test_torchtitan_precision(precision, param, converters):
-    c = tomllib.loads(_render("torchtitan", training=TRAINING.model_copy(update={"precision": precision})))
-    assert c["training"]["mixed_precision_param"] == param
-    assert c["model"].get("converters") == converters
+@pytest.mark.parametrize(("precision", "param"), [("fp32", "float32"), ("bf16", "bfloat16")])
+def test_torchtitan_precision(precision, param):
+    f = _titan(training=TRAINING.model_copy(update={"precision": precision}))
+    assert f["training.mixed_precision_param"] == param and f["config"] == "llama3_8b"
 
 
 @pytest.mark.parametrize("mode", ["none", "selective", "full"])
-def test_torchtitan_activation_checkpoint(mode):
-    ac = tomllib.loads(_render("torchtitan", recompute=mode))["activation_checkpoint"]
-    assert ac["mode"] == mode
-    assert ac.get("selective_ac_option") == ("op" if mode == "selective" else None)
+def test_torchtitan_activation_checkpoint_is_the_last_subcommand(mode):
+    text = _render("torchtitan", model=LLAMA3, recompute=mode)
+    assert text.endswith(f'"$@" \\\n  activation-checkpoint:{mode}\n')
+
+
+def test_torchtitan_async_tp_needs_compile():
+    f = _titan(tp=2, sequence_parallel=True, tp_comm_overlap=True)
+    assert f["compile.enable"] is True and f["compile.enable_async_tensor_parallel"] is True
+    f = _titan(tp=2)
+    assert "compile.no-enable" in f and "compile.no-enable-async-tensor-parallel" in f
+    assert "parallelism.no-enable-sequence-parallel" in f
+
+
+def test_torchtitan_picks_the_config_by_shape_and_precision():
+    assert _titan(model=get_model("llama3-70b"), tp=8, sequence_parallel=True)["config"] == "llama3_70b"
+    fp8 = TRAINING.model_copy(update={"precision": "fp8"})
+    assert _titan(model=get_model("llama3-405b"), training=fp8, tp=8, pp=2)["config"] == "llama3_405b"
+    with pytest.raises(InfeasibleConfig, match=r"^torchtitan: precision=bf16 with model 'llama3-405b' is not su"):
+        _render("torchtitan", model=get_model("llama3-405b"), tp=8, pp=2)
+    with pytest.raises(InfeasibleConfig, match=r"^torchtitan: model 'tiny' is not a registered torchtitan 0.3.0"):
+        _render("torchtitan")
+    theta = LLAMA3.model_copy(update={"rope_theta": 10000.0})  # same shape, another RoPE base
+    with pytest.raises(InfeasibleConfig, match="allowed: llama3_8b: layers=32 hidden=4096"):
+        _render("torchtitan", model=theta)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.function)
+def test_torchtitan_config_table_matches_torchtitan(config):
+    """The shapes of CONFIGS against the model torchtitan's own config function builds."""
+    registry = pytest.importorskip("torchtitan.models.llama3.config_registry",
+                                   reason="torchtitan is not installed (pip install torchtitan==0.3.0)")
+    try:
+        spec = getattr(registry, config.function)().model_spec
+    except (ImportError, ValueError) as e:  # llama3_405b's float8 converter needs torchao and an SM89+ GPU
+        pytest.skip(f"{config.function}: {e}")
+    model = spec.model
+    block = model.layers[0]
+    rope = block.attention.rope
+    shape = (len(model.layers), model.dim, block.attention.n_heads, block.attention.n_kv_heads,
+             block.feed_forward.w1.out_features, model.vocab_size, float(rope.theta))
+    assert shape == config.shape()
+
+
+def test_megatron_script_sets_the_environment_and_launcher():
+    text = _render("megatron", model=LLAMA3, tp=2, sequence_parallel=True)
+    script = read_script(text, "pretrain_gpt.py")
+    assert script.env == {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+    assert script.launcher[:5] == ["torchrun", "--nnodes", "2", "--nproc-per-node", "8"]
+    f = flags(script.args)
+    assert (f["--rotary-base"], f["--vocab-size"], f["--tokenizer-type"]) == ("500000", "128256", "NullTokenizer")
+    assert read_script(_render("megatron", pp=2), "pretrain_gpt.py").env == {}  # no tp, no cp
+
+
+@pytest.mark.parametrize(("vocab", "tp", "divisor"), [
+    (128256, 1, 128), (128256, 4, 64), (128256, 8, 32), (32000, 8, 32), (50257, 2, 1), (152064, 8, 64)])
+def test_vocab_divisor_leaves_the_vocabulary_unpadded(vocab, tp, divisor):
+    # 128256 = 2**8 * 501 and 32000 = 2**8 * 125: divisor * tp may hold at most 2**8; 152064 = 2**9 * 297;
+    # 50257 is odd, so tp=2 must pad.
+    assert vocab_divisor(vocab, tp) == divisor
+
+
+def test_rope_theta_flows_from_config_json_to_the_flags():
+    hf = {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 4, "hidden_size": 1024, "num_attention_heads": 16,
+          "num_key_value_heads": 4, "intermediate_size": 2816, "vocab_size": 151936, "rope_theta": 1000000.0}
+    model = from_hf_config(hf, name="qwen-like")
+    assert model.rope_theta == 1e6 and get_model("qwen2.5-7b").rope_theta == 1e6
+    assert "--rotary-base 1000000" in _lines(_render("megatron", model=model))
+    assert from_hf_config({k: v for k, v in hf.items() if k != "rope_theta"}).rope_theta == 10000.0
+
+
+def test_deepspeed_refuses_qkv_bias():
+    with pytest.raises(InfeasibleConfig, match=r"^deepspeed: bias=qkv is not supported"):
+        _render("deepspeed", model=MODEL.model_copy(update={"bias": "qkv"}))
 
 
 @pytest.mark.parametrize(("zero", "keys"), [
@@ -103,11 +183,22 @@ def test_deepspeed_zero_section(zero, keys):
     assert set(json.loads(_render("deepspeed", zero=zero))["zero_optimization"]) == keys
 
 
-def test_deepspeed_launcher_args_pipeline():
+def test_deepspeed_launch_script_pipeline():
     cfg = derive(MODEL, TRAINING, CLUSTER.gpus, pp=2, zero=1, recompute="selective")
-    lines = _lines(launcher_args(TRAINING, CLUSTER, cfg, config_path="/cfg/ds.json"))
-    assert "--no-pipeline-parallel" not in lines
-    assert lines[-3:] == ["--zero-stage 1", "--deepspeed", "--deepspeed_config /cfg/ds.json"]
+    script = read_script(launch_script(MODEL, TRAINING, CLUSTER, cfg, config_path="/cfg/ds.json"), "pretrain_gpt.py")
+    assert "--no-pipeline-parallel" not in script.args
+    assert script.args[-5:] == ["--zero-stage", "1", "--deepspeed", "--deepspeed_config", "/cfg/ds.json"]
+    assert script.launcher[:5] == ["deepspeed", "--num_nodes", "2", "--num_gpus", "8"]
+
+
+@pytest.mark.parametrize(("tp", "partition"), [(1, False), (2, True)])
+def test_deepspeed_partitioned_activations_are_on_the_command_line(tp, partition):
+    cfg = derive(MODEL, TRAINING, CLUSTER.gpus, tp=tp, recompute="full")
+    config = json.loads(get_exporter("deepspeed").render(MODEL, TRAINING, CLUSTER, cfg))
+    checkpointing = config["activation_checkpointing"]
+    assert checkpointing["partition_activations"] is checkpointing["contiguous_memory_optimization"] is partition
+    args = read_script(launch_script(MODEL, TRAINING, CLUSTER, cfg), "pretrain_gpt.py").args
+    assert ("--partition-activations" in args, "--contigious-checkpointing" in args) == (partition, partition)
 
 
 DS_LAYOUTS = [dict(), dict(zero=1, pp=2), dict(zero=2, tp=2, sequence_parallel=True, micro_batch=2),
@@ -158,3 +249,32 @@ def test_deepspeed_checks_batch_arithmetic(deepspeed_config):
     text = get_exporter("deepspeed").render(MODEL, TRAINING, CLUSTER, cfg)
     with pytest.raises(AssertionError, match="train_batch_size is not equal"):
         deepspeed_config(json.loads(text), mpu=_DataParallel(CLUSTER.gpus))  # dp is 8, not the 16 GPUs
+
+
+class _Mesh(_DataParallel):
+    """What ``deepspeed.checkpointing.configure`` also asks: rank 0 of a tp-wide model-parallel group."""
+
+    def __init__(self, dp: int, tp: int) -> None:
+        super().__init__(dp)
+        self.tp = tp
+
+    def get_model_parallel_rank(self) -> int:
+        return 0
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.tp
+
+    def get_model_parallel_group(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_deepspeed_checkpointing_accepts_the_config_alone(deepspeed_config, tmp_path, tp):
+    """``deepspeed.checkpointing.configure`` from the JSON alone: contiguous checkpointing only with partitions."""
+    from deepspeed import checkpointing
+
+    cfg = derive(MODEL, TRAINING, CLUSTER.gpus, tp=tp, recompute="full")
+    path = tmp_path / "ds.json"
+    path.write_text(get_exporter("deepspeed").render(MODEL, TRAINING, CLUSTER, cfg))
+    checkpointing.configure(_Mesh(cfg.dp, tp), deepspeed_config=str(path))
+    assert checkpointing.PARTITION_ACTIVATIONS is checkpointing.CONTIGUOUS_CHECKPOINTING is (tp > 1)

@@ -1,7 +1,9 @@
 """Golden files: the exact text each exporter writes for one fixed layout (tests/golden/).
 
-The files were written once and checked by hand against the frameworks' argument parsers and
-config schemas. A change in output fails with a diff; update a golden file by hand after checking it.
+The files were checked by hand against the frameworks' own parsers (Megatron-LM core_v0.19.0
+parse_args + validate_args, Megatron-DeepSpeed's megatron/arguments.py, DeepSpeedConfig, torchtitan 0.3.0
+ConfigManager; see tests/contract/launchers.py). A change in output fails with a diff; update a golden
+file by hand after checking it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from autotune.config import derive
-from autotune.export import get_exporter, launcher_args
+from autotune.export import get_exporter, launch_script
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 MODEL = ModelSpec(name="llama3-8b", layers=32, hidden=4096, heads=32, kv_heads=8, ffn_hidden=14336,
-                  vocab=128256, activation="swiglu", norm="rmsnorm", max_seq_len=8192)
+                  vocab=128256, activation="swiglu", norm="rmsnorm", max_seq_len=8192, rope_theta=500000)
 CLUSTER = ClusterSpec(gpu="h100", gpus_per_node=8, nodes=4)
 
 
@@ -26,10 +28,10 @@ def _training(precision: str) -> TrainingSpec:
 
 
 CASES = {  # golden file: (precision, layout)
-    "megatron.args": ("fp8", dict(tp=4, pp=2, vpp=2, zero=1, dp_shard=2, recompute="full", recompute_layers=2,
+    "megatron.sh": ("fp8", dict(tp=4, pp=2, vpp=2, zero=1, dp_shard=2, recompute="full", recompute_layers=2,
                                   sequence_parallel=True, tp_comm_overlap=True)),
     "deepspeed.json": ("fp16", dict(tp=2, zero=3, micro_batch=2, recompute="full", sequence_parallel=True)),
-    "torchtitan.toml": ("bf16", dict(tp=2, pp=2, vpp=2, cp=2, zero=3, dp_shard=2, recompute="selective",
+    "torchtitan.sh": ("bf16", dict(tp=2, pp=2, vpp=2, cp=2, zero=3, dp_shard=2, recompute="selective",
                                      sequence_parallel=True, tp_comm_overlap=True)),
 }
 
@@ -50,8 +52,21 @@ def test_render_matches_golden(name):
     _assert_golden(name, get_exporter(Path(name).stem).render(MODEL, training, CLUSTER, cfg))
 
 
-def test_deepspeed_launcher_args_match_golden():
+def test_deepspeed_launch_script_matches_golden():
     precision, layout = CASES["deepspeed.json"]
     training = _training(precision)
     cfg = derive(MODEL, training, CLUSTER.gpus, **layout)
-    _assert_golden("deepspeed_launcher.args", launcher_args(training, CLUSTER, cfg))
+    _assert_golden("deepspeed_launcher.sh", launch_script(MODEL, training, CLUSTER, cfg))
+
+
+def test_golden_scripts_pass_the_launchers_parsers():
+    """The checked-in scripts themselves go through Megatron-LM's and Megatron-DeepSpeed's parsers."""
+    from tests.contract import launchers
+
+    script = launchers.read_script((GOLDEN / "megatron.sh").read_text(), "pretrain_gpt.py")
+    (got,) = launchers.megatron_lm([(script, CLUSTER.gpus)])
+    assert got == dict(tp=4, pp=2, cp=1, dp=4, micro=1, global_batch=512, rotary_base=500000, vocab=128256)
+    script = launchers.read_script((GOLDEN / "deepspeed_launcher.sh").read_text(), "pretrain_gpt.py")
+    (got,) = launchers.megatron_deepspeed([(script, CLUSTER.gpus)])
+    assert (got["tp"], got["dp"], got["vocab"], got["partition_activations"], got["contiguous"]) == (
+        2, 16, 128256, True, True)

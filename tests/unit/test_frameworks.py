@@ -44,9 +44,6 @@ CASES = [
     ("torchtitan", "zero", ParallelConfig(cp=2, dp=4), BF16,
      "torchtitan: zero=0 with cp=2 is not supported"
      " (context parallelism always applies FSDP over the cp ranks: use zero=2 or zero=3)"),
-    ("torchtitan", "sequence_parallel", ParallelConfig(tp=4), BF16,
-     "torchtitan: sequence_parallel=False with tp=4 is not supported"
-     " (torchtitan's tensor parallelism always shards the sequence)"),
     ("torchtitan", "recompute_layers", ParallelConfig(recompute="full", recompute_layers=2), BF16,
      "torchtitan: recompute_layers=2 is not supported (activation checkpointing applies to every block)"),
     ("torchtitan", "precision", ParallelConfig(), BF16.model_copy(update={"precision": "fp16"}),
@@ -79,6 +76,8 @@ SUPPORTED = {
         ParallelConfig(zero=2, cp=2, dp=4, dp_shard=4),
         ParallelConfig(zero=3, pp=2, vpp=2, tp=2, sequence_parallel=True, recompute="selective"),
         ParallelConfig(zero=2, pp=4, pp_schedule="gpipe"),
+        ParallelConfig(tp=4, dp=2),  # 0.3.0: enable_sequence_parallel is optional, and DDP composes with TP
+        ParallelConfig(tp=2, pp=2, dp=2, sequence_parallel=True),
     ],
 }
 
