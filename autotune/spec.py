@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autotune.errors import SpecError
 
@@ -294,10 +294,14 @@ class TrainingSpec(_Frozen):
     def _one_size(self) -> TrainingSpec:
         if self.tokens is not None and self.samples is not None:
             raise ValueError("give either tokens or samples (+ epochs), not both")
-        if isinstance(self.global_batch, list) and (not self.global_batch
-                                                    or len(set(self.global_batch)) != len(self.global_batch)):
-            raise ValueError(f"global_batch: a list must be non-empty without repeats (got {self.global_batch})")
         return self
+
+    @field_validator("global_batch")
+    @classmethod
+    def _batch_list(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("a list of global batch sizes must be non-empty without repeats")
+        return value
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -388,9 +392,13 @@ def _field_model(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]
 
 def format_validation_error(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
     """One line naming the first failing field path, the problem, the allowed values and the input."""
-    e = err.errors()[0]
-    tags = {"ModelSpec", "ReliabilitySpec", "str"}
-    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in tags)))
+    errors = err.errors()
+    e = errors[0]
+    if isinstance(e.get("input"), list):  # a union with a list branch: report the list branch's error
+        e = next((x for x in errors if any(isinstance(p, str) and p.startswith("list[") for p in x["loc"])), e)
+    tags = {"ModelSpec", "ReliabilitySpec", "str", "int", "float", "bool"}
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in tags
+                                                                    or p.startswith("constrained-"))))
     path = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "spec"
     msg = e["msg"].replace("Value error, ", "")
     if e["type"] == "extra_forbidden":

@@ -13,7 +13,7 @@ import typer
 
 from autotune.commands.study import STORAGE_HELP
 from autotune.config import DERIVED_FIELDS, ParallelConfig, derive, layout_kwargs
-from autotune.errors import InfeasibleConfig, SpecError, StorageError
+from autotune.errors import InfeasibleConfig, SpecError
 from autotune.export import EXPORTERS, get_exporter, launch_script
 from autotune.results.best import FIDELITY_RANK, best_report
 from autotune.search.objectives import objective_for
@@ -49,9 +49,7 @@ def load_layout(store: Storage, study: str, trial: int | None) -> tuple[Problem,
     Raises :class:`StorageError` for an unknown study, :class:`SpecError` for an unknown trial and
     :class:`InfeasibleConfig` when the trial failed or its layout no longer derives from the spec.
     """
-    saved = store.study_spec(study)
-    if saved is None:
-        raise StorageError(f"study: no study named {study!r} in {store.display_url} (see `autotune studies`)")
+    saved = store.require_spec(study)
     spec = parse_spec(saved)
     problem = resolve(spec, storage=store.url)
     row = _row(store, study, trial, spec)
