@@ -32,6 +32,7 @@ import socket
 import time
 from typing import Any
 
+from autotune.costmodel.estimate import MEMORY_KEYS
 from autotune.evaluation import EvalTask
 from autotune.spec import GPUSpec
 
@@ -43,7 +44,6 @@ __all__ = ["RankWorker", "MEMORY_KEYS", "MEASURED_PRECISIONS", "unmeasured_reaso
 MEASURED_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 #: Keys of a rank's memory breakdown (bytes here, GiB in the trial's metrics).
-MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "other", "total")
 #: MemTracker reference type -> breakdown key.
 _TRACKER_KEYS = {"Parameter": "weights", "Buffer": "weights", "Gradient": "gradients", "Optstate": "optimizer",
                  "Activation": "activations", "Temp": "other", "Other": "other", "Total": "total"}

@@ -19,6 +19,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from autotune.costmodel.estimate import MEMORY_KEYS
 from autotune.results.best import FIDELITY_RANK, best_report, fidelity_labels
 from autotune.results.render import fidelity_summary, layout_summary
 from autotune.search.objectives import Objective, objective_for
@@ -32,7 +33,7 @@ MIN_IMPORTANCE_TRIALS = 10
 """Completed Optuna trials needed before parameter importances are computed."""
 TOP = 10
 """Layouts shown in the memory and time breakdowns."""
-_MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
+_MEMORY_PARTS = tuple(k for k in MEMORY_KEYS if k != "total")
 _CONFIG = {"displaylogo": False, "responsive": True}
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 h1{margin-bottom:4px}.sub{color:#666;margin-top:0}section{margin:28px 0}.card{border:1px solid #ddd;
