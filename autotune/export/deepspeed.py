@@ -29,7 +29,7 @@ from autotune.config import ParallelConfig
 from autotune.errors import InfeasibleConfig
 from autotune.export.base import check_exportable
 from autotune.export.launch import Flag, deepspeed_launcher, render_script, rope_base, vocab_divisor
-from autotune.export.megatron import batch_flags, parallel_flags, precision_flags, recompute_flags
+from autotune.export.megatron import batch_flags, parallel_flags, precision_flags, recompute_flags, shape_flags
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 __all__ = ["DeepSpeedExporter", "ds_config", "launch_script", "model_flags", "check_model", "DEEPSPEED_VERSION"]
@@ -97,14 +97,7 @@ def model_flags(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -
     V - 1 is passed, with ``--make-vocab-size-divisible-by`` chosen so no padding is added.
     """
     check_model(model)
-    flags: list[Flag] = [
-        ("--num-layers", model.layers),
-        ("--hidden-size", model.hidden),
-        ("--num-attention-heads", model.heads),
-        ("--ffn-hidden-size", model.ffn),
-        ("--seq-length", training.seq_len),
-        ("--max-position-embeddings", max(model.max_seq_len, training.seq_len)),
-    ]
+    flags = shape_flags(model, training)
     if model.n_kv_heads != model.heads:
         flags.append(("--num-key-value-heads", model.n_kv_heads))
     if model.position_embedding == "rope":

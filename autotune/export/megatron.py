@@ -37,9 +37,9 @@ MEGATRON_VERSION = "core_v0.19.0"
 """The Megatron-LM release whose argument parser the flags follow."""
 
 
-def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
-    """Model shape flags (GPT model of Megatron-LM), RoPE base included."""
-    flags: list[Flag] = [
+def shape_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
+    """The transformer shape flags Megatron-LM and Megatron-DeepSpeed both spell this way."""
+    return [
         ("--num-layers", model.layers),
         ("--hidden-size", model.hidden),
         ("--num-attention-heads", model.heads),
@@ -47,6 +47,11 @@ def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
         ("--seq-length", training.seq_len),
         ("--max-position-embeddings", max(model.max_seq_len, training.seq_len)),
     ]
+
+
+def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
+    """Model shape flags (GPT model of Megatron-LM), RoPE base included."""
+    flags = shape_flags(model, training)
     if model.position_embedding == "rope":
         flags += [("--position-embedding-type", "rope"), ("--rotary-base", rope_base("megatron", model))]
     else:
