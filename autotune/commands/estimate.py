@@ -17,7 +17,7 @@ from typing import Any, get_args
 import typer
 from pydantic import ValidationError
 
-from autotune.config import ParallelConfig, derive, layout_kwargs
+from autotune.config import PP_SCHEDULES, RECOMPUTE_MODES, ParallelConfig, derive, layout_kwargs
 from autotune.costmodel import estimate
 from autotune.errors import InfeasibleConfig, SpecError
 from autotune.overrides import spec_with_overrides
@@ -141,13 +141,14 @@ def estimate_cmd(
     zero: int | None = typer.Option(None, help="ZeRO stage 0-3 [default: 0]."),
     dp_shard: int | None = typer.Option(None, help="ZeRO shard group size [default: dp] (< dp: HSDP)."),
     micro_batch: int | None = typer.Option(None, help="Micro-batch size [default: 1]."),
-    recompute: str | None = typer.Option(None, help="none | selective | full [default: none]."),
+    recompute: str | None = typer.Option(None, help=f"{' | '.join(RECOMPUTE_MODES)} [default: none]."),
     recompute_layers: int | None = typer.Option(None, help="Layers per stage to recompute (full only) "
                                                            "[default: all]."),
     sequence_parallel: bool | None = typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
                                                   "--sp/--no-sp", help="Sequence parallelism (needs tp > 1) "
                                                                        "[default: off]."),
-    pp_schedule: str | None = typer.Option(None, help="1f1b (interleaved when vpp > 1) | gpipe [default: 1f1b]."),
+    pp_schedule: str | None = typer.Option(None, help=f"{' | '.join(PP_SCHEDULES)} (1f1b interleaves when vpp > 1) "
+                                                      "[default: 1f1b]."),
     tp_comm_overlap: bool | None = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                                 help="Overlap TP collectives with GEMMs (needs tp > 1) "
                                                      "[default: off]."),

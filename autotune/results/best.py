@@ -8,7 +8,7 @@ from autotune.costmodel.reliability import EXPECTED_KEYS
 from autotune.errors import AutotuneError
 from autotune.results.reproduce import estimate_command
 from autotune.search.objectives import Objective
-from autotune.spec import FIDELITIES
+from autotune.spec import FIDELITIES, parse_spec
 from autotune.store.storage import EvaluationRecord, Storage
 
 __all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison", "fidelity_labels"]
@@ -101,7 +101,8 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
             seen.add(key)
             unique.append(r)
     best = unique[0]
-    spec = storage.study_spec(study)
+    saved = storage.study_spec(study)
+    spec = None if saved is None else parse_spec(saved)
 
     def command(layout: dict[str, Any]) -> str | None:
         return None if spec is None else estimate_command(spec, layout, storage.display_url)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.config import layout_kwargs
-from autotune.spec import TrainingSpec, parse_spec
+from autotune.spec import StudySpec, TrainingSpec, parse_spec
 
 __all__ = ["flag", "estimate_command"]
 
@@ -44,10 +44,12 @@ def _args(name: str, value: Any) -> list[str]:
     return [flag(name), str(value)]
 
 
-def estimate_command(spec: Mapping[str, Any], layout: Mapping[str, Any], storage_url: str | None = None) -> str:
+def estimate_command(spec: StudySpec | Mapping[str, Any], layout: Mapping[str, Any],
+                     storage_url: str | None = None) -> str:
     """The shell command that re-estimates ``layout`` (a stored evaluation row's layout) under ``spec``
-    (the study's stored spec); ``storage_url`` is where a calibrated profile named by the spec lives."""
-    study = parse_spec(dict(spec))
+    (the study's spec, or its stored mapping); ``storage_url`` is where a calibrated profile named by the
+    spec lives."""
+    study = spec if isinstance(spec, StudySpec) else parse_spec(dict(spec))
     cluster = study.cluster
     model = study.model if isinstance(study.model, str) else json.dumps(
         study.model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -177,6 +177,14 @@ def _columns(r: EvaluationRecord) -> dict[str, Any]:
                 host=r.host, cached=r.cached)
 
 
+def _stage_count(s: Session, study: str, fidelity: str, numbered: bool) -> int:
+    """Rows of a study's bulk stage at ``fidelity``: numbered (trial >= 0) or unnumbered (trial -1)."""
+    e = _Evaluation
+    which = e.trial >= 0 if numbered else e.trial == -1
+    return int(s.scalar(select(func.count()).select_from(e).where(e.study == study, e.fidelity == fidelity,
+                                                                  which)) or 0)
+
+
 def _evaluation(r: EvaluationRecord) -> _Evaluation:
     return _Evaluation(**_columns(r))
 
@@ -308,11 +316,8 @@ class Storage:
     def stage_rows(self, study: str, fidelity: str, numbered: bool) -> int:
         """How many rows of a study's bulk stage at ``fidelity`` are stored: rows numbered 0, 1, ... when
         ``numbered``, else the unnumbered (trial -1) rows of a multi-fidelity stage."""
-        e = _Evaluation
-        which = e.trial >= 0 if numbered else e.trial == -1
         with Session(self.engine) as s:
-            return int(s.scalar(select(func.count()).select_from(e).where(
-                e.study == study, e.fidelity == fidelity, which)) or 0)
+            return _stage_count(s, study, fidelity, numbered)
 
     def append_stage(self, study: str, start: int, records: list[EvaluationRecord], *, numbered: bool) -> int:
         """Store rows ``start .. start + len(records)`` of a study's bulk stage (rows are produced in one
@@ -325,20 +330,17 @@ class Storage:
         if not records:
             return 0
         fidelity = records[0].fidelity
-        e = _Evaluation
-        which = e.trial >= 0 if numbered else e.trial == -1
         with Session(self.engine) as s, s.begin():
             locked = s.execute(update(_Study).where(_Study.name == study).values(name=_Study.name)).rowcount
             if locked != 1:
                 self.require_spec(study)
-            stored = int(s.scalar(select(func.count()).select_from(e).where(
-                e.study == study, e.fidelity == fidelity, which)) or 0)
+            stored = _stage_count(s, study, fidelity, numbered)
             if stored < start:
                 raise StorageError(f"study: {study!r} holds {stored} rows of its {fidelity} stage, fewer than the "
                                    f"{start} before this chunk (rows were deleted?)")
             new = records[stored - start:]
             if new:  # a Core executemany: the ORM's bulk path costs as much again per row
-                s.execute(insert(e.__table__), [_columns(r) for r in new])
+                s.execute(insert(_Evaluation.__table__), [_columns(r) for r in new])
             return len(new)
 
     def rejection_counts(self, study: str) -> tuple[int, Counter[str]]:

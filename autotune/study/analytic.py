@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.config import ParallelConfig
 from autotune.costmodel.estimate import memory_reason
 from autotune.search.enumerate import score_space
 from autotune.store.storage import EvaluationRecord, Storage
@@ -38,6 +39,8 @@ class Stage:
     rows: list[EvaluationRecord]
     params: list[dict[str, Any]]
     """Active params of each row's point, with ``nodes`` / ``global_batch`` when the study has several."""
+    configs: list[ParallelConfig | None]
+    """Each row's validated layout (None when the layout rules reject it)."""
 
     def ranked(self, plan: StudyPlan) -> list[int]:
         """Indices of the rows that fit, best first by the study's objective."""
@@ -50,16 +53,18 @@ def stage_records(plan: StudyPlan, numbered: bool) -> Stage:
     """Every layout of every case as its evaluation row, in the stage's one order."""
     rows: list[EvaluationRecord] = []
     params: list[dict[str, Any]] = []
+    configs: list[ParallelConfig | None] = []
     name = plan.spec.name
     for case in plan.cases:
         cluster, training = plan.cluster(case.nodes), plan.training(case.global_batch)
         tags = plan.tags(case)
-        sampled = {k: v for k, v in ({"nodes": case.nodes} | tags).items() if len(plan.values_of(k)) > 1}
+        sampled = plan.sampled(case)
         scored = score_space(plan.problem, plan.space, cluster=cluster, training=training, estimates=True)
         assert scored.estimates is not None
         for point, kw, cfg, rejection, est in zip(scored.points, scored.kwargs, scored.derived, scored.rejections,
                                                   scored.estimates, strict=True):
             params.append(point | sampled)
+            configs.append(cfg)
             trial = len(rows) if numbered else -1
             if rejection is not None:
                 status, reason = rejection
@@ -76,7 +81,7 @@ def stage_records(plan: StudyPlan, numbered: bool) -> Stage:
                 study=name, trial=trial, fidelity="analytic", layout=cfg.to_dict() | tags, metrics=metrics,
                 status="ok" if fits else "infeasible", reason=reason, reason_kind=None if fits else "memory",
                 value=plan.objective.values(metrics)[0]))
-    return Stage(rows=rows, params=params)
+    return Stage(rows=rows, params=params, configs=configs)
 
 
 def run_analytic(plan: StudyPlan, storage: Storage, *, numbered: bool = True,

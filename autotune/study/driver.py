@@ -45,7 +45,7 @@ from autotune.store.mirror import record_finished
 from autotune.store.optuna_adapter import study_id
 from autotune.store.storage import HEARTBEAT_S, EvaluationRecord, Storage
 from autotune.study.db_study import open_db_study
-from autotune.study.plan import StudyPlan, plan_study
+from autotune.study.plan import CASE_KEYS, StudyPlan, plan_study
 from autotune.study.resolve import Problem
 from autotune.study.run_options import Progress, RunOptions
 from autotune.study.trial_outcome import STATE_OF, Asked, Pending, TrialOutcomes
@@ -127,9 +127,9 @@ class Driver:
 
     def _propose(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         params = self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)))
-        for key, values in (("nodes", self.node_counts), ("global_batch", self.plan.batch_sizes)):
-            if len(values) > 1:
-                params[key] = trial.suggest_categorical(key, values)
+        for key in CASE_KEYS:
+            if len(self.plan.values_of(key)) > 1:
+                params[key] = trial.suggest_categorical(key, self.plan.values_of(key))
         params["nodes"] = params.get("nodes", self.node_counts[0])
         return params
 
@@ -140,11 +140,7 @@ class Driver:
         queue = []
         for point in self.space.points():
             for case in self.plan.cases:
-                rec = self.space.active_params(point)
-                if len(self.node_counts) > 1:
-                    rec["nodes"] = case.nodes
-                if len(self.plan.batch_sizes) > 1:
-                    rec["global_batch"] = case.global_batch
+                rec = self.space.active_params(point) | self.plan.sampled(case)
                 key = json.dumps(rec, sort_keys=True)
                 if key not in seen:
                     seen.add(key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autotune.config import LAYOUT_FIELDS, ParallelConfig
+from autotune.config import ParallelConfig
 from autotune.errors import SpecError
 from autotune.evaluation import EvalTask
 from autotune.store.storage import EvaluationRecord
@@ -30,8 +30,7 @@ def _analytic_stage(driver: Driver) -> list[tuple[dict[str, Any], ParallelConfig
     """(params, config, metrics) of every fitting layout, best first; stores every layout of the space
     (:mod:`autotune.study.analytic`, unnumbered rows)."""
     _, stage = run_analytic(driver.plan, driver.storage, numbered=False)
-    return [(stage.params[i], ParallelConfig(**{k: stage.rows[i].layout[k] for k in LAYOUT_FIELDS}),
-             stage.rows[i].metrics) for i in stage.ranked(driver.plan)]
+    return [(stage.params[i], stage.configs[i], stage.rows[i].metrics) for i in stage.ranked(driver.plan)]
 
 
 def _middle_stage(driver: Driver, fidelity: str, ranked: list[Any], top_k: int) -> list[Any]:

@@ -17,7 +17,10 @@ from autotune.search.space import SearchSpace, load_space
 from autotune.spec import ClusterSpec, GPUSpec, StudySpec, TrainingSpec
 from autotune.study.resolve import Problem, resolve
 
-__all__ = ["Case", "StudyPlan", "plan_study"]
+__all__ = ["CASE_KEYS", "Case", "StudyPlan", "plan_study"]
+
+#: What distinguishes the cases of a study, as stored layouts and sampled params name it.
+CASE_KEYS = ("nodes", "global_batch")
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,12 @@ class StudyPlan:
         return s.final_evaluator == "analytic" and s.sampler == "auto" and not s.fidelities
 
     def values_of(self, key: str) -> list[int]:
-        """The study's values of a case key: ``nodes`` or ``global_batch``."""
+        """The study's values of a case key (:data:`CASE_KEYS`)."""
         return {"nodes": self.node_counts, "global_batch": self.batch_sizes}[key]
+
+    def sampled(self, case: Case) -> dict[str, Any]:
+        """The case keys a sampler chooses (those with more than one value in the study), at ``case``."""
+        return {k: getattr(case, k) for k in CASE_KEYS if len(self.values_of(k)) > 1}
 
     def cluster(self, nodes: int) -> ClusterSpec:
         """The cluster at one of the study's sizes."""

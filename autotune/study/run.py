@@ -25,8 +25,9 @@ from autotune.study.analytic import Stage, run_analytic
 from autotune.study.db_study import open_db_study
 from autotune.study.driver import Driver
 from autotune.study.fidelity import run_fidelities
-from autotune.study.plan import StudyPlan
+from autotune.study.plan import CASE_KEYS, StudyPlan
 from autotune.study.run_options import Progress, RunOptions
+from autotune.study.trial_outcome import trial_user_attrs
 
 __all__ = ["DASHBOARD_TRIALS", "run_study"]
 
@@ -62,21 +63,16 @@ def _mirror_best(plan: StudyPlan, storage: Storage, study: optuna.Study, stage: 
     ostore, sid = storage.optuna(), study_id(study)
     reserve(ostore, sid, len(ranked), len(ranked))
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    choices = {d.name: d.choices for d in plan.space.dimensions} | {
-        k: tuple(plan.values_of(k)) for k in ("nodes", "global_batch")}
+    choices = {d.name: d.choices for d in plan.space.dimensions} | {k: tuple(plan.values_of(k)) for k in CASE_KEYS}
     finished = []
     for trial in running:
         if trial.number >= len(ranked):
             continue
         i = ranked[trial.number]
         row, params = stage.rows[i], stage.params[i]
-        m = row.metrics
         finished.append(FinishedTrial(
             trial_id=ostore.get_trial_id_from_study_id_trial_number(sid, trial.number),
-            state=optuna.trial.TrialState.COMPLETE, values=plan.objective.values(m),
+            state=optuna.trial.TrialState.COMPLETE, values=plan.objective.values(row.metrics),
             params=params, distributions={k: CategoricalDistribution(choices[k]) for k in params},
-            user_attrs={"status": row.status, "fidelity": row.fidelity, "layout": row.layout,
-                        "evaluation": row.trial, "memory_gib": round(m["memory_gib"]["total"], 3),
-                        "step_time_s": m["step_time_s"], "tokens_per_s": m["tokens_per_s"], "mfu": m["mfu"]},
-            system_attrs={}))
+            user_attrs=trial_user_attrs(row) | {"evaluation": row.trial}, system_attrs={}))
     record_finished(ostore, finished)

@@ -35,7 +35,7 @@ from autotune.store.storage import EvaluationRecord
 from autotune.study.plan import StudyPlan
 from autotune.study.run_options import RunOptions
 
-__all__ = ["STATE_OF", "Asked", "Pending", "TrialOutcomes", "reason_kind"]
+__all__ = ["STATE_OF", "Asked", "Pending", "TrialOutcomes", "reason_kind", "trial_user_attrs"]
 
 TrialState = optuna.trial.TrialState
 #: Typed outcome -> Optuna state.
@@ -74,6 +74,18 @@ class Pending:
 
 #: Estimate keys a dry run measures itself: never copied from the analytic estimate onto a dry-run result.
 _MEASURED_BY_DRY_RUN = frozenset({"memory_gib", "capacity_gib", "fits", "worst_stage"})
+
+
+def trial_user_attrs(rec: EvaluationRecord) -> dict[str, Any]:
+    """The user attributes an evaluation row's Optuna trial carries (what optuna-dashboard shows)."""
+    m = rec.metrics
+    attrs: dict[str, Any] = {"status": rec.status, "fidelity": rec.fidelity, "layout": rec.layout}
+    if rec.reason:
+        attrs["reason"] = rec.reason
+    if m:
+        attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
+                  "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
+    return attrs
 
 
 def reason_kind(reason: str) -> str:
@@ -164,12 +176,8 @@ class TrialOutcomes:
     def tell(self, mem: optuna.Study, trial: Asked, rec: EvaluationRecord) -> FinishedTrial:
         """Tell the in-memory study ``mem``; return what to write for the DB trial."""
         m = rec.metrics
-        attrs: dict[str, Any] = {"status": rec.status, "fidelity": rec.fidelity, "layout": rec.layout}
-        if rec.reason:
-            attrs["reason"] = rec.reason
+        attrs = trial_user_attrs(rec)
         if m:
-            attrs |= {"memory_gib": round(m["memory_gib"]["total"], 3), "step_time_s": m.get("step_time_s"),
-                      "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu")}
             trial.mem.set_constraint(CONSTRAINT, m["memory_gib"]["total"] - m["capacity_gib"])
             trial.mem.set_user_attr(MEMORY_ATTR, m["memory_gib"]["total"])
         values = self.objective.values(m) if _scored(rec.status, rec.reason_kind, m) else None
