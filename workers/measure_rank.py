@@ -43,7 +43,6 @@ __all__ = ["RankWorker", "MEMORY_KEYS", "MEASURED_PRECISIONS", "unmeasured_reaso
 #: torchao float8), so an fp8 step here would be a bf16 step.
 MEASURED_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
-#: Keys of a rank's memory breakdown (bytes here, GiB in the trial's metrics).
 #: MemTracker reference type -> breakdown key.
 _TRACKER_KEYS = {"Parameter": "weights", "Buffer": "weights", "Gradient": "gradients", "Optstate": "optimizer",
                  "Activation": "activations", "Temp": "other", "Other": "other", "Total": "total"}
