@@ -19,6 +19,9 @@ from autotune.errors import SpecError
 __all__ = [
     "ModelSpec",
     "GPUSpec",
+    "AttentionKernel",
+    "StackSpec",
+    "ATTENTION_KERNELS",
     "ClusterSpec",
     "ReliabilitySpec",
     "TrainingSpec",
@@ -131,6 +134,25 @@ class ModelSpec(_Frozen):
         return self.embedding_params() + self.layers * self.layer_params() + self.head_params()
 
 
+AttentionKernelName = Literal["flash2", "flash3", "cudnn", "ck"]
+#: Fused attention kernels a GPU profile may describe (FlashAttention-2/-3, cuDNN fused attention, ROCm CK).
+ATTENTION_KERNELS: tuple[str, ...] = get_args(AttentionKernelName)
+
+
+class AttentionKernel(_Frozen):
+    """Throughput of one fused attention kernel on one GPU, as fractions of the bf16 dense peak.
+
+    eff(s, d) = e · s / (s + k_seq) · d / (d + k_head_dim) for s keys (the sequence of one call) and head
+    dim d, FLOPs counted causally (half the score matrix); see :mod:`autotune.costmodel.compute`.
+    """
+
+    fwd: Annotated[float, Field(gt=0, le=1)] = Field(description="Forward: fraction of bf16 peak at long s.")
+    bwd: Annotated[float, Field(gt=0, le=1)] = Field(description="Backward: fraction of bf16 peak at long s.")
+    k_seq: Annotated[float, Field(ge=0)] = Field(description="Sequence length at which efficiency halves.")
+    k_head_dim: Annotated[float, Field(ge=0)] = Field(16.0, description="Head dim term: d / (d + k_head_dim).")
+    source: str = Field("", description="Where the figures come from.")
+
+
 class GPUSpec(_Frozen):
     """One accelerator: peaks, memory, bandwidths and the GEMM efficiency curve."""
 
@@ -142,6 +164,11 @@ class GPUSpec(_Frozen):
     hbm_gbps: PosFloat = Field(description="Memory bandwidth, GB/s.")
     intra_node_gbps: PosFloat = Field(description="Per-GPU, per-direction bandwidth inside a node, GB/s.")
     inter_node_gbps: PosFloat = Field(description="Per-GPU, per-direction bandwidth between nodes, GB/s.")
+    nvlink_bus_eff: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.80, description="Achieved fraction of intra_node_gbps in NCCL collectives (nccl-tests busbw; 1 when the "
+        "figure is itself measured).")
+    net_bus_eff: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.92, description="Achieved fraction of the NICs' line rate in multi-node NCCL collectives (nccl-tests).")
     intra_node_latency_us: PosFloat = Field(8.0, description="Collective latency per ring step inside a node.")
     inter_node_latency_us: PosFloat = Field(20.0, description="Collective latency per ring step across nodes.")
     gemm_eff_max: Annotated[float, Field(gt=0, le=0.85)] = Field(
@@ -179,6 +206,16 @@ class GPUSpec(_Frozen):
             " 0 for GPU profiles; fitted by `autotune calibrate` from tensor-parallel training steps."
         ),
     )
+    sustained_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Tensor-core throughput in sustained training relative to the GEMM and attention "
+        "benchmarks the curves come from (power-limited clocks under a full load, concurrent NCCL kernels).")
+    attention: dict[AttentionKernelName, AttentionKernel] = Field(
+        default_factory=dict, description="Fused attention kernels measured on this GPU (none: the attention "
+        "core runs at the GEMM curve).")
+    fp8_gemm_eff_max: Annotated[float, Field(gt=0, le=0.85)] | None = Field(
+        None, description="Largest fraction of the fp8 peak big fp8 GEMMs reach (None: gemm_eff_max).")
+    fp8_gemm_k_dim: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="fp8 GEMM width at which efficiency halves (None: gemm_k_dim).")
     overhead_gib: Annotated[float, Field(ge=0)] = Field(
         1.5, description="CUDA context, communicator buffers and workspace per rank, GiB."
     )
@@ -191,6 +228,39 @@ class GPUSpec(_Frozen):
         if dtype == "fp8" and "fp8" not in self.peak_tflops:
             dtype = "bf16"
         return self.peak_tflops[dtype]
+
+
+class StackSpec(_Frozen):
+    """A training software stack: how fast the same layout runs on Megatron-LM + Transformer Engine, torchtitan,
+    llm-foundry, DeepSpeed... (catalog ``stacks.yaml``; every figure documented there with its source)."""
+
+    name: str = Field(description="Catalog name.")
+    framework: str = Field(description="The framework whose capability table and exporter the stack uses.")
+    attention: list[AttentionKernelName] = Field(
+        default_factory=list, description="Fused attention kernels in order of preference; the first the GPU "
+        "profile describes runs (none: the GEMM curve, as an unfused or math-backend attention).")
+    attention_factor: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Fraction of the attention kernel's benchmark throughput the stack's integration reaches "
+        "(1: the kernel as benchmarked).")
+    elementwise_factor: Annotated[float, Field(gt=0, le=2)] = Field(
+        1.0, description="Element-wise HBM traffic relative to eager PyTorch (kernel fusion lowers it).")
+    layer_host_us: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Host time to issue one layer's kernels per micro-batch, forward + backward, us; a layer "
+        "takes at least this long (the GPU waits for the host when its kernels are shorter).")
+    fp8: bool = Field(False, description="Runs linear layers in fp8 (Transformer Engine / torchao float8).")
+    fp8_cast_bytes: Annotated[float, Field(ge=0)] = Field(
+        4.0, description="HBM bytes per GEMM-input element to quantise to fp8 (read bf16, write fp8 + its "
+        "transpose); forward inputs and backward output gradients.")
+    selective_recompute: Literal["attention_core", "op_level"] = Field(
+        "attention_core", description="What recompute=selective re-runs: Megatron's attention core, or "
+        "torchtitan's op-level SAC (keeps matmul outputs, recomputes the element-wise ops).")
+    fsdp_prefetch: Annotated[int, Field(ge=0)] = Field(
+        1, description="Layers whose ZeRO-3 parameter all-gather is issued ahead of compute (the unsharded "
+        "buffers held besides the current layer's).")
+    comm_compute_slowdown: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Fraction by which compute slows while an overlapped collective runs (NCCL kernels "
+        "occupy SMs and HBM bandwidth).")
+    source: str = Field("", description="Where the figures come from.")
 
 
 #: Llama 3 herd paper (Dubey et al. 2024, §3.3.4, Table 5): 419 unexpected interruptions in 54 days on 16,384 H100s.
@@ -232,6 +302,8 @@ class ClusterSpec(_Frozen):
 
     gpu: str = Field(description="GPU catalog name or path to a GPU YAML file.")
     gpus_per_node: PosInt = Field(8, description="GPUs per node (NVLink domain).")
+    nics_per_node: PosInt | None = Field(None, description="Network adapters per node, each of the GPU profile's "
+                                         "inter_node_gbps (default: one per GPU, as DGX/HGX nodes have).")
     nodes: PosInt | list[PosInt] = Field(1, description="Node count, or several for a Pareto study.")
     price_per_gpu_hour: PosFloat | None = Field(None, description="Cost of one GPU-hour (any currency).")
     profile: str | None = Field(None, description="Stored calibrated profile NAME or NAME@V (`autotune calibrate`) "
@@ -286,6 +358,8 @@ class TrainingSpec(_Frozen):
         ),
     )
     flash_attention: bool = Field(True, description="Fused attention: no s x s score matrices stored.")
+    stack: str | None = Field(None, description="Training stack profile (catalog stacks.yaml name or a YAML path); "
+                              "default: the search space's framework's stack (megatron-te for estimates).")
     tokens: PosFloat | None = Field(None, description="Dataset size in tokens.")
     samples: PosInt | None = Field(None, description="Dataset size in sequences (with epochs).")
     epochs: PosFloat = Field(1.0, description="Passes over `samples`.")

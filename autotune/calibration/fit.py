@@ -185,7 +185,7 @@ def fit_profile(base: GPUSpec, rows: list[dict[str, Any]], device: str) -> tuple
     comm = [r for r in rows if r["kind"] == "comm"]
     if comm:
         link = fit_link(comm)
-        update |= {"intra_node_gbps": link["gbps"], "intra_node_latency_us": link["latency_us"]}
+        update |= {"intra_node_gbps": link["gbps"], "intra_node_latency_us": link["latency_us"], "nvlink_bus_eff": 1.0}
         report["intra_node"] = link
     gpu = base.model_copy(update=update)
     layer = [r for r in rows if r["kind"] == "layer"]

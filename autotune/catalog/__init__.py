@@ -1,7 +1,8 @@
 """Model and GPU presets, shipped as YAML package data; users may point at their own files.
 
 ``resolve_model`` accepts a preset name, a model YAML path or a Hugging Face ``config.json`` path;
-``resolve_gpu`` accepts a GPU name or a GPU YAML path.
+``resolve_gpu`` accepts a GPU name or a GPU YAML path; ``resolve_stack`` a stack name (stacks.yaml) or a stack
+YAML path, and ``default_stack`` names the stack a framework's layouts are scored on.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from pydantic import ValidationError
 
 from autotune.catalog.hf import from_hf_config
 from autotune.errors import SpecError
-from autotune.spec import GPUSpec, ModelSpec, format_validation_error, read_mapping
+from autotune.spec import GPUSpec, ModelSpec, StackSpec, format_validation_error, read_mapping
 
-__all__ = ["model_names", "gpu_names", "get_model", "get_gpu", "resolve_model", "resolve_gpu", "from_hf_config"]
+__all__ = ["model_names", "gpu_names", "stack_names", "get_model", "get_gpu", "get_stack", "resolve_model",
+           "resolve_gpu", "resolve_stack", "default_stack", "FRAMEWORK_STACKS", "from_hf_config"]
+
+#: The stack a framework's layouts are scored on unless ``training.stack`` names another.
+FRAMEWORK_STACKS: dict[str, str] = {"megatron": "megatron-te", "deepspeed": "deepspeed",
+                                    "torchtitan": "torchtitan-eager", "any": "eager"}
 
 #: Defaults filled in for each ``family`` shorthand of models.yaml.
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -59,6 +65,44 @@ def _models() -> dict[str, dict[str, Any]]:
 @functools.cache
 def _gpus() -> dict[str, dict[str, Any]]:
     return _load("gpus.yaml")
+
+
+@functools.cache
+def _stacks() -> dict[str, dict[str, Any]]:
+    return _load("stacks.yaml")
+
+
+def stack_names() -> list[str]:
+    """Names of the training stack profiles."""
+    return list(_stacks())
+
+
+@functools.cache
+def get_stack(name: str) -> StackSpec:
+    """A stack profile by name."""
+    if name not in _stacks():
+        raise SpecError(f"training.stack: unknown stack {name!r} (allowed: {', '.join(stack_names())}, or a file path)")
+    return StackSpec.model_validate({"name": name, **_stacks()[name]})
+
+
+def default_stack(framework: str) -> str:
+    """The stack name scoring a framework's layouts (``any``: plain eager PyTorch)."""
+    return FRAMEWORK_STACKS.get(framework, FRAMEWORK_STACKS["any"])
+
+
+def resolve_stack(ref: str | StackSpec | None, framework: str = "any") -> StackSpec:
+    """A StackSpec from a catalog name, a stack YAML path, or None (the framework's default stack)."""
+    if isinstance(ref, StackSpec):
+        return ref
+    if ref is None:
+        return get_stack(default_stack(framework))
+    if not _is_path(ref):
+        return get_stack(ref)
+    path = Path(ref)
+    try:
+        return StackSpec.model_validate({"name": path.stem, **read_mapping(path, "training.stack")})
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, StackSpec, prefix="training.stack.")) from e
 
 
 def model_names() -> list[str]:

@@ -31,6 +31,7 @@ __all__ = ["estimate_cmd"]
 
 #: Cluster flags (parameter name -> spec path); ``gpus`` is split into gpus_per_node x nodes.
 CLUSTER_FLAGS = {"gpu": "cluster.gpu", "gpus": "gpus", "gpus_per_node": "cluster.gpus_per_node",
+                 "nics_per_node": "cluster.nics_per_node",
                  "price_per_gpu_hour": "cluster.price_per_gpu_hour", "profile": "cluster.profile"}
 
 
@@ -123,6 +124,7 @@ def estimate_cmd(
                                               "or GPU YAML."),
     gpus: int | None = typer.Option(None, help="Total GPUs."),
     gpus_per_node: int | None = typer.Option(None, help="GPUs per node [default: 8]."),
+    nics_per_node: int | None = typer.Option(None, help="Network adapters per node [default: one per GPU]."),
     price_per_gpu_hour: float | None = typer.Option(None, help="Cost of one GPU-hour (adds `cost`)."),
     seq_len: int | None = typer.Option(None, help=_training_help("seq_len")),
     global_batch: int | None = typer.Option(None, help=_training_help("global_batch")),
@@ -134,6 +136,7 @@ def estimate_cmd(
     tokens: float | None = typer.Option(None, help=_training_help("tokens")),
     samples: int | None = typer.Option(None, help=_training_help("samples")),
     epochs: float | None = typer.Option(None, help=_training_help("epochs")),
+    stack: str | None = typer.Option(None, help=_training_help("stack")),
     tp: int | None = typer.Option(None, help="Tensor-parallel degree [default: 1]."),
     pp: int | None = typer.Option(None, help="Pipeline-parallel degree [default: 1]."),
     cp: int | None = typer.Option(None, help="Context-parallel degree [default: 1]."),

@@ -1,6 +1,6 @@
-"""Compute time of one layer's forward pass for one micro-batch on one rank.
+"""Compute time of one layer's forward and backward for one micro-batch on one rank.
 
-GEMMs run at the dtype's dense peak times an efficiency curve in the two GEMM sizes that a layout
+Linear GEMMs run at the dtype's dense peak times an efficiency curve in the two GEMM sizes that a layout
 changes, the width h/tp and the local tokens b·s/cp:
 
     eff = gemm_eff_max / (1 + gemm_k_dim / (h/tp) + gemm_k_tokens / (b·s/cp)),   eff <= 0.85,
@@ -8,35 +8,41 @@ changes, the width h/tp and the local tokens b·s/cp:
 plus a fixed ``gemm_latency_us`` per GEMM (4 per layer forward: fused QKV, projection, fc1, fc2), so
 time = FLOPs / (eff · peak) + latency. On an H100 SXM (torch 2.11 cuBLAS, 20 bf16 shapes of width
 512–8192 and 512–16384 tokens, ``benchmarks/gpu_check.py``) this form fits the measured fraction of
-peak with an rms error of 0.014 (e_max 0.80, k_dim 102, k_tokens 0, latency 24.5 µs), where the
-latency-free form could not do better than 0.11: small GEMMs lose most to the fixed cost.
+peak with an rms error of 0.014 (e_max 0.80, k_dim 102, k_tokens 0, latency 24.5 µs). Backward runs two
+GEMMs (data and weight gradients) per forward GEMM at the same efficiency.
 
-Large bf16 GEMMs reach 75–82 % of dense peak in cuBLAS on A100/H100 (NVIDIA Megatron-LM and
-Transformer Engine performance notes), and small ones fall off as in Narayanan et al. 2021, Fig. 7
-(throughput against micro-batch size) and Fig. 13 (against tensor-parallel width); the constants live
-in GPUSpec / catalog/gpus.yaml.
+Attention core. With a fused kernel (FlashAttention-2/-3, cuDNN, CK: the first of the stack's
+``attention`` list the GPU profile describes) the core runs at that kernel's own fraction of the bf16
+peak, eff(s, d) = e · s/(s + k_seq) · [d/(d + k_d)] / [128/(128 + k_d)], separately for forward and
+backward (GPUSpec.attention, from the FlashAttention-2/-3 papers' benchmarks). Causal masking skips the
+tiles above the diagonal, so the kernel does half the s² work; its backward runs five matmuls to the
+forward's two (recomputing the probabilities), 2.5× the forward FLOPs (Dao 2023, §3.2). Without a fused
+kernel (``flash_attention: false`` or none described) the core is two batched GEMMs over the full s×s
+scores at the GEMM curve, the causal mask applied to the materialised scores (no work saved), backward 2×.
+
+fp8 (Transformer Engine, torchao float8; the stack must support it): linear GEMMs — forward, data and
+weight gradients — run at the fp8 peak on their own curve (``fp8_gemm_eff_max``, ``fp8_gemm_k_dim``: fp8
+GEMMs need wider shapes to saturate), the attention core, the output layer and every element-wise kernel
+stay bf16, and every GEMM input (activations and weights in forward, output gradients in backward) is
+quantised first: ``StackSpec.fp8_cast_bytes`` HBM bytes per element (read bf16, write fp8 and its
+transpose, amax). So the speed-up over bf16 is well below 2× and grows with GEMM size.
 
 Precision: fp32 training runs its GEMMs on TF32 tensor cores (PyTorch's and Megatron-LM's default,
-``torch.backends.cuda.matmul.allow_tf32``), so it uses the 'tf32' peak; bf16/fp16 use their own
-peaks. fp8 (Transformer Engine) runs the linear layers at the fp8 peak but keeps the attention core,
-the output layer and every element-wise kernel in bf16, so its speed-up over bf16 is below 2x.
+``torch.backends.cuda.matmul.allow_tf32``), so it uses the 'tf32' peak.
 
 Element-wise work (norms, activation function, bias-dropout-residual, rotary, casts) is memory-bound:
-GPUSpec.elementwise_bytes_per_token_hidden · h bytes per token per layer in forward (bf16; fp32
-doubles it), at hbm_gbps. Without sequence parallelism the norms and the bias-dropout-residual blocks
-run replicated on every tensor-parallel rank (Korthikanti et al. 2022, §4.2.2); only the activation
-function is sharded. Their share is counted from the tensors each touches (elements read + written):
-two norms 4h, two bias-dropout-adds 2·(3h + h/2 mask), activation 2f (GELU) or 3f (SwiGLU). Without
-FlashAttention the fused scale-mask-softmax (read 2 + write 2 bytes) and attention dropout (read 2 +
-write 2 + mask 1) add 9 bytes per score (4 without dropout), a·s scores per token; with FlashAttention
-the scores never leave on-chip memory and causal masking skips half of the core's tiles.
+GPUSpec.elementwise_bytes_per_token_hidden · h bytes per token per layer in forward for eager PyTorch,
+times the stack's ``elementwise_factor`` (kernel fusion), at hbm_gbps; backward moves twice as much.
+Without sequence parallelism the norms and the bias-dropout-residual blocks run replicated on every
+tensor-parallel rank (Korthikanti et al. 2022, §4.2.2); only the activation function is sharded. Their
+share is counted from the tensors each touches: two norms 4h, two bias-dropout-adds 2·(3h + h/2 mask),
+activation 2f (GELU) or 3f (SwiGLU). Without FlashAttention the fused scale-mask-softmax (read 2 + write 2
+bytes) and attention dropout (read 2 + write 2 + mask 1) add 9 bytes per score (4 without dropout).
 
-Host overhead: ``GPUSpec.layer_overhead_us`` per layer per micro-batch (forward + backward) is the
-fixed cost of issuing a layer's operators (Python, dispatcher, autograd), plus
-``GPUSpec.tp_layer_overhead_us`` when tp > 1 (the tensor-parallel modules' own dispatch). GPU kernels are
-queued asynchronously ahead of the device, so datasheet profiles leave both 0; on CPU ranks, where each
-operator runs in the issuing thread, a small model spends most of its step there (``autotune calibrate``
-fits them).
+Host time: ``GPUSpec.layer_overhead_us`` (+ ``tp_layer_overhead_us`` when tp > 1) per layer per
+micro-batch, forward + backward, is added (on CPU ranks the issuing thread does the work itself;
+`autotune calibrate` fits it). ``StackSpec.layer_host_us`` is the host time to issue a layer's kernels on
+a GPU, which run asynchronously: a layer takes at least that long (:func:`layer_step_time`).
 """
 
 from __future__ import annotations
@@ -47,18 +53,49 @@ import numpy as np
 
 from autotune.costmodel.flops import attention_core_flops, layer_linear_flops, logit_flops
 from autotune.costmodel.layout import Layout
-from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
+from autotune.spec import AttentionKernel, GPUSpec, ModelSpec, StackSpec, TrainingSpec
 
 #: Linear GEMMs in one layer's forward (fused QKV, attention projection, fc1 (+gate), fc2).
 GEMMS_PER_LAYER = 4
+#: FlashAttention's backward FLOPs over its forward's: five matmuls to two (Dao 2023, FlashAttention-2, §3.2).
+FLASH_BWD_RATIO = 2.5
 
-__all__ = ["GEMMS_PER_LAYER", "gemm_efficiency", "peak_flops", "activation_dtype_bytes", "replicated_share",
-           "layer_forward_times", "logits_forward_time"]
+__all__ = ["GEMMS_PER_LAYER", "FLASH_BWD_RATIO", "gemm_efficiency", "fp8_gemm_efficiency", "attention_kernel",
+           "attention_efficiency", "peak_flops", "activation_dtype_bytes", "replicated_share", "fp8_active",
+           "layer_forward_times", "layer_backward_times", "layer_step_time", "logits_forward_time"]
 
 
 def gemm_efficiency(gpu: GPUSpec, width: Any, tokens: Any) -> Any:
     """Achieved fraction of dense peak for GEMMs of inner width ``width`` over ``tokens`` rows."""
     return gpu.gemm_eff_max / (1.0 + gpu.gemm_k_dim / width + gpu.gemm_k_tokens / tokens)
+
+
+def fp8_gemm_efficiency(gpu: GPUSpec, width: Any, tokens: Any) -> Any:
+    """Achieved fraction of the fp8 peak for fp8 GEMMs (the bf16 curve's constants where the profile has none)."""
+    e = gpu.fp8_gemm_eff_max if gpu.fp8_gemm_eff_max is not None else gpu.gemm_eff_max
+    k = gpu.fp8_gemm_k_dim if gpu.fp8_gemm_k_dim is not None else gpu.gemm_k_dim
+    return e / (1.0 + k / width + gpu.gemm_k_tokens / tokens)
+
+
+def attention_kernel(gpu: GPUSpec, stack: StackSpec, training: TrainingSpec) -> AttentionKernel | None:
+    """The fused attention kernel that runs: the stack's first the GPU profile describes (None: unfused)."""
+    if not training.flash_attention:
+        return None
+    return next((gpu.attention[k] for k in stack.attention if k in gpu.attention), None)
+
+
+def attention_efficiency(kernel: AttentionKernel, seq_len: Any, head_dim: float, factor: float = 1.0
+                         ) -> tuple[Any, Any]:
+    """(forward, backward) fraction of the bf16 peak of a fused attention kernel over ``seq_len`` keys, times
+    the stack's ``attention_factor``."""
+    shape = factor * seq_len / (seq_len + kernel.k_seq) * (head_dim / (head_dim + kernel.k_head_dim)) / (
+        128.0 / (128.0 + kernel.k_head_dim))
+    return np.minimum(kernel.fwd * shape, 1.0), np.minimum(kernel.bwd * shape, 1.0)
+
+
+def fp8_active(gpu: GPUSpec, stack: StackSpec, training: TrainingSpec) -> bool:
+    """Whether the linear layers run in fp8: fp8 training on a stack and GPU that have it."""
+    return training.precision == "fp8" and stack.fp8 and "fp8" in gpu.peak_tflops
 
 
 def peak_flops(gpu: GPUSpec, precision: str) -> tuple[float, float]:
@@ -68,6 +105,11 @@ def peak_flops(gpu: GPUSpec, precision: str) -> tuple[float, float]:
     if precision == "fp8":
         return gpu.peak("fp8") * 1e12, gpu.peak("bf16") * 1e12
     return gpu.peak(precision) * 1e12, gpu.peak(precision) * 1e12
+
+
+def _sustained(gpu: GPUSpec, peaks: tuple[float, float]) -> tuple[float, float]:
+    """Peaks scaled to what the tensor cores sustain in training (GPUSpec.sustained_fraction)."""
+    return peaks[0] * gpu.sustained_fraction, peaks[1] * gpu.sustained_fraction
 
 
 def activation_dtype_bytes(precision: str) -> float:
@@ -83,33 +125,86 @@ def replicated_share(model: ModelSpec) -> float:
     return outside / (outside + inside)
 
 
-def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> dict[str, Any]:
-    """Seconds of one layer's forward for one micro-batch on one rank, split into
-    ``linear`` (linear GEMMs), ``core`` (attention-core GEMMs), ``elementwise``, ``softmax``
-    (score-matrix traffic, zero with FlashAttention) and ``overhead`` (a third of
-    ``layer_overhead_us``: like the FLOPs, the host-side work of backward is twice forward's)."""
+def _fp8_cast_elements(model: ModelSpec, tp: Any, tokens: Any) -> tuple[Any, Any]:
+    """(forward, backward) elements quantised to fp8 per layer per micro-batch on one rank: the four GEMMs'
+    inputs and weights in forward, their output gradients in backward."""
+    h, f, kvd = model.hidden, model.ffn, model.n_kv_heads * model.head_dim
+    mlp_out = (2 if model.activation == "swiglu" else 1) * f
+    weights = (model.layer_params() - 2 * model.norm_params()) / tp
+    fwd = tokens * (h + h / tp + h + f / tp) + weights
+    bwd = tokens * ((h + 2 * kvd) / tp + h + mlp_out / tp + h)
+    return fwd, bwd
+
+
+def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout,
+                        stack: StackSpec | None = None) -> dict[str, Any]:
+    """Seconds of one layer's forward for one micro-batch on one rank, split into ``linear`` (linear GEMMs),
+    ``core`` (attention core), ``elementwise``, ``softmax`` (score-matrix traffic, zero with a fused
+    kernel), ``cast`` (fp8 quantisation) and ``overhead`` (a third of ``layer_overhead_us``: like the FLOPs,
+    the host-side work of backward is twice forward's). ``stack`` None: plain eager PyTorch."""
+    from autotune.catalog import resolve_stack
+
+    stack = resolve_stack(stack)
     tp, s = L["tp"], training.seq_len
     tokens = L["micro_batch"] * s / L["cp"]
+    lin_peak, core_peak = _sustained(gpu, peak_flops(gpu, training.precision))
+    fp8 = fp8_active(gpu, stack, training)
+    if training.precision == "fp8" and not fp8:
+        lin_peak = core_peak
     eff = gemm_efficiency(gpu, model.hidden / tp, tokens)
-    lin_peak, core_peak = peak_flops(gpu, training.precision)
-    causal = 0.5 if training.flash_attention else 1.0
+    lin_eff = fp8_gemm_efficiency(gpu, model.hidden / tp, tokens) if fp8 else eff
     latency = GEMMS_PER_LAYER * gpu.gemm_latency_us * 1e-6
-    linear = tokens * layer_linear_flops(model) / tp / (lin_peak * eff) + latency
-    core = causal * tokens * attention_core_flops(model, s) / tp / (core_peak * eff)
+    linear = tokens * layer_linear_flops(model) / tp / (lin_peak * lin_eff) + latency
+    kernel = attention_kernel(gpu, stack, training)
+    dense_core = tokens * attention_core_flops(model, s) / tp
+    if kernel is None:
+        core = dense_core / (core_peak * eff)
+    else:
+        fwd_eff, _ = attention_efficiency(kernel, s, model.head_dim, stack.attention_factor)
+        core = 0.5 * dense_core / (core_peak * fwd_eff)
     share = replicated_share(model)
     scale = np.where(L["sequence_parallel"] > 0, 1.0 / tp, share + (1.0 - share) / tp)
     dtype = activation_dtype_bytes(training.precision)
     hbm = gpu.hbm_gbps * 1e9
-    elementwise = tokens * gpu.elementwise_bytes_per_token_hidden * model.hidden * scale * dtype / 2.0 / hbm
-    per_score = 0.0 if training.flash_attention else (9.0 if model.dropout else 4.0) * dtype / 2.0
+    elementwise = (tokens * gpu.elementwise_bytes_per_token_hidden * stack.elementwise_factor * model.hidden
+                   * scale * dtype / 2.0 / hbm)
+    per_score = 0.0 if kernel is not None else (9.0 if model.dropout else 4.0) * dtype / 2.0
     softmax = tokens * per_score * model.heads * s / tp / hbm
+    cast = _fp8_cast_elements(model, tp, tokens)[0] * stack.fp8_cast_bytes / hbm if fp8 else 0.0
     overhead = (gpu.layer_overhead_us + np.where(tp > 1, gpu.tp_layer_overhead_us, 0.0)) * 1e-6 / 3.0
-    return {"linear": linear, "core": core, "elementwise": elementwise, "softmax": softmax, "overhead": overhead}
+    return {"linear": linear, "core": core, "elementwise": elementwise, "softmax": softmax, "cast": cast,
+            "overhead": overhead}
+
+
+def layer_backward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout, stack: StackSpec,
+                         fwd: dict[str, Any]) -> dict[str, Any]:
+    """Seconds of one layer's backward, same keys as ``fwd``: GEMMs, element-wise traffic and host work twice
+    the forward's; a fused attention core 2.5× the forward FLOPs at the kernel's backward efficiency; fp8
+    casts of the output gradients."""
+    s = training.seq_len
+    kernel = attention_kernel(gpu, stack, training)
+    if kernel is None:
+        core = 2.0 * fwd["core"]
+    else:
+        fwd_eff, bwd_eff = attention_efficiency(kernel, s, model.head_dim, stack.attention_factor)
+        core = FLASH_BWD_RATIO * fwd["core"] * fwd_eff / bwd_eff
+    cast = 0.0
+    if fp8_active(gpu, stack, training):
+        tokens = L["micro_batch"] * s / L["cp"]
+        cast = _fp8_cast_elements(model, L["tp"], tokens)[1] * stack.fp8_cast_bytes / (gpu.hbm_gbps * 1e9)
+    return {"linear": 2.0 * fwd["linear"], "core": core, "elementwise": 2.0 * fwd["elementwise"],
+            "softmax": 2.0 * fwd["softmax"], "cast": cast, "overhead": 2.0 * fwd["overhead"]}
+
+
+def layer_step_time(stack: StackSpec, gpu_seconds: Any) -> Any:
+    """A layer's forward + backward time per micro-batch: its GPU work, or the host time to issue its
+    kernels when that is longer (the GPU runs ahead of the host only while the host keeps up)."""
+    return np.maximum(gpu_seconds, stack.layer_host_us * 1e-6)
 
 
 def logits_forward_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> Any:
     """Seconds of the output layer's forward (vocab-parallel GEMM, bf16 peak under fp8) per micro-batch."""
     tokens = L["micro_batch"] * training.seq_len / L["cp"]
-    _, core_peak = peak_flops(gpu, training.precision)
+    _, core_peak = _sustained(gpu, peak_flops(gpu, training.precision))
     eff = gemm_efficiency(gpu, float(model.hidden), tokens)
     return tokens * logit_flops(model) / L["tp"] / (core_peak * eff)

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from autotune.catalog import resolve_stack
 from autotune.config import ParallelConfig
 from autotune.costmodel.layout import Layout, layout_arrays
 from autotune.costmodel.memory import memory_breakdown
 from autotune.costmodel.reliability import RELIABILITY_KEYS, expected_figures, reliability_arrays
 from autotune.costmodel.time import step_time
-from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, TrainingSpec
+from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, StackSpec, TrainingSpec
 
 __all__ = ["estimate", "estimate_many", "estimate_arrays", "memory_reason", "MEMORY_KEYS", "TIME_KEYS",
            "COST_MODEL_VERSION"]
@@ -31,7 +32,7 @@ __all__ = ["estimate", "estimate_many", "estimate_arrays", "memory_reason", "MEM
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "other", "total")
 TIME_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p", "dp_comm_exposed", "optimizer")
 #: Bumped whenever a formula changes, so cached evaluations of an older model are not reused.
-COST_MODEL_VERSION = "5"
+COST_MODEL_VERSION = "6"
 _TIME_SCALARS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu")
 
 
@@ -41,10 +42,12 @@ def memory_reason(total_gib: float, capacity_gib: float, digits: int = 1) -> str
 
 
 def estimate_arrays(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_node: int,
-                    L: Layout) -> dict[str, Any]:
-    """Memory (GiB) and time figures for one layout (ints) or many (numpy arrays)."""
+                    L: Layout, nics_per_node: int | None = None, stack: StackSpec | None = None) -> dict[str, Any]:
+    """Memory (GiB) and time figures for one layout (ints) or many (numpy arrays), on ``stack`` (default
+    ``training.stack``)."""
+    stack = resolve_stack(stack if stack is not None else training.stack)
     return {"memory": memory_breakdown(model, training, gpu, L),
-            "time": step_time(model, training, gpu, gpus_per_node, L)}
+            "time": step_time(model, training, gpu, gpus_per_node, L, nics_per_node=nics_per_node, stack=stack)}
 
 
 def _column(x: Any, n: int) -> list[float]:
@@ -53,14 +56,15 @@ def _column(x: Any, n: int) -> list[float]:
 
 
 def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluster: ClusterSpec,
-                  configs: Sequence[ParallelConfig]) -> list[dict[str, Any]]:
+                  configs: Sequence[ParallelConfig], stack: StackSpec | None = None) -> list[dict[str, Any]]:
     """JSON-ready estimates of ``configs`` (the ``autotune estimate --json`` object each), from one
-    vectorised pass of the cost model."""
+    vectorised pass of the cost model, on ``stack`` (default: ``training.stack``, else plain eager)."""
     n = len(configs)
     if n == 0:
         return []
     L = layout_arrays(configs)
-    raw = estimate_arrays(model, training, gpu, cluster.gpus_per_node, L)
+    stack = resolve_stack(stack if stack is not None else training.stack)
+    raw = estimate_arrays(model, training, gpu, cluster.gpus_per_node, L, cluster.nics_per_node, stack)
     mem, tm = raw["memory"], raw["time"]
     memory = {k: _column(mem[k], n) for k in MEMORY_KEYS}
     breakdown = {k: _column(tm[k], n) for k in TIME_KEYS}
@@ -77,7 +81,7 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
     out = []
     for i, cfg in enumerate(configs):
         row: dict[str, Any] = {
-            "model": model.name, "gpu": gpu.name, "gpus": cfg.world,
+            "model": model.name, "gpu": gpu.name, "stack": stack.name, "gpus": cfg.world,
             "config": cfg.to_dict() | {"dp_replicate": cfg.dp_replicate}, "params": params,
             "memory_gib": {k: memory[k][i] for k in MEMORY_KEYS}, "capacity_gib": capacity[i],
             "fits": fits[i], "worst_stage": worst[i], "step_time_s": scalars["step_time_s"][i],
@@ -98,6 +102,6 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
 
 
 def estimate(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluster: ClusterSpec,
-             cfg: ParallelConfig) -> dict[str, Any]:
+             cfg: ParallelConfig, stack: StackSpec | None = None) -> dict[str, Any]:
     """A JSON-ready estimate of one layout (the ``autotune estimate --json`` object)."""
-    return estimate_many(model, training, gpu, cluster, [cfg])[0]
+    return estimate_many(model, training, gpu, cluster, [cfg], stack)[0]

@@ -7,6 +7,14 @@ and 4·s·h for the attention core (Q·Kᵀ and softmax·V over all s keys, caus
 2hV per token once. Backward costs twice the forward, so the model FLOPs of an iteration of B sequences
 are 3·B·s·(l·(24h² + 4sh) + 2hV) = 72·B·s·l·h²·(1 + s/6h + V/12lh).
 
+MFU definition used everywhere here: model FLOPs = 3 × forward FLOPs, the forward counting 2·in·out for
+every weight matrix (output layer included, embedding lookup excluded) and the causal attention core,
+2·s·h per token per layer (Q·Kᵀ and P·V over the s/2 keys a causal token sees on average: PaLM's
+6N + 12·L·h·s per token, halved for the causal mask — the work a causal model needs). Recompute is in the
+hardware FLOPs (HFU), never in the model FLOPs. So a layout's MFU is at most the largest efficiency any of
+its kernels reaches, whatever the sequence length. (Narayanan's Table 1 counts the full s² core, 4sh; the
+reference loader converts its figures to step times with the paper's own formula.)
+
 Here the same count is taken from ModelSpec: grouped-query attention projects keys and values to
 g·d = kv_heads·head_dim columns (QKV = 2h·(h + 2gd)); SwiGLU has three h×f matrices (6hf) instead of
 two (4hf). Hardware FLOPs add recomputation: full recompute re-runs each recomputed layer's forward
@@ -28,6 +36,7 @@ from autotune.spec import ModelSpec, TrainingSpec
 __all__ = [
     "layer_linear_flops",
     "attention_core_flops",
+    "CAUSAL_FRACTION",
     "logit_flops",
     "recomputed_fraction",
     "iteration_flops",
@@ -44,6 +53,10 @@ def layer_linear_flops(model: ModelSpec) -> float:
 def attention_core_flops(model: ModelSpec, seq_len: int) -> float:
     """Forward FLOPs per token of one layer's attention core, Q·Kᵀ and P·V over s keys: 4·s·h."""
     return 4.0 * seq_len * model.hidden
+
+
+CAUSAL_FRACTION = 0.5
+"""Share of the s×s attention scores a causal decoder needs (the lower triangle)."""
 
 
 def logit_flops(model: ModelSpec) -> float:
@@ -63,7 +76,7 @@ def iteration_flops(model: ModelSpec, training: TrainingSpec, L: Layout) -> tupl
     Tokens per iteration are micro_batch · grad_accum · dp · seq_len.
     """
     s = training.seq_len
-    linear, core = layer_linear_flops(model), attention_core_flops(model, s)
+    linear, core = layer_linear_flops(model), CAUSAL_FRACTION * attention_core_flops(model, s)
     tokens = L["micro_batch"] * L["grad_accum"] * L["dp"] * s
     per_token = 3.0 * (model.layers * (linear + core) + logit_flops(model))
     rc = L["recompute"]

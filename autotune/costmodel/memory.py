@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from autotune.catalog import resolve_stack
 from autotune.costmodel.layout import Layout
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 
@@ -138,7 +139,13 @@ def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
 
 def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> dict[str, Any]:
     """Per-rank memory of the worst pipeline stage, GiB: weights, gradients, optimizer, activations,
-    other (framework overhead + ZeRO-3 gather buffers), total, plus capacity and fits."""
+    other (framework overhead + ZeRO-3 gather buffers), total, plus capacity and fits.
+
+    ZeRO-3 / FSDP holds the layer it computes unsharded plus the ``StackSpec.fsdp_prefetch`` layers whose
+    all-gathers it issued ahead (FSDP2's implicit next-block prefetch, FSDP1's BACKWARD_PRE, DeepSpeed's
+    prefetch bucket of about a layer). ``GPUSpec.overhead_gib`` is the CUDA context, NCCL buffers and
+    workspaces; ``usable_fraction`` leaves the caching allocator's fragmentation (PyTorch CUDA memory
+    notes: reserved exceeds allocated by a few per cent in steady training)."""
     first_p, last_p = stage_params(model, L["tp"], L["pp"])
     act_first, act_last = activation_bytes(model, training, L)
     zero, shard = L["zero"], L["dp_shard"]
@@ -152,7 +159,8 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: 
     norms = 2 * model.norm_params()
     layer_local = (model.layer_params() - norms) / L["tp"] + norms
     w_bytes = 4.0 if training.precision == "fp32" else 2.0
-    gather = np.where(zero >= 3, 2 * layer_local * w_bytes, 0.0)
+    prefetch = resolve_stack(training.stack).fsdp_prefetch
+    gather = np.where(zero >= 3, (1 + prefetch) * layer_local * w_bytes, 0.0)
     other = gpu.overhead_gib * GIB + gather
     total = weights + grads + opt + acts + other
     capacity = gpu.memory_gib * gpu.usable_fraction

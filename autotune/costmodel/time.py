@@ -31,6 +31,7 @@ from autotune.costmodel.comm import (
     all_gather,
     all_reduce,
     cp_ring_bytes,
+    group_nodes,
     link,
     p2p,
     pp_message_bytes,
@@ -38,11 +39,19 @@ from autotune.costmodel.comm import (
     spans,
     tp_message_bytes,
 )
-from autotune.costmodel.compute import activation_dtype_bytes, layer_forward_times, logits_forward_time, peak_flops
+from autotune.costmodel.compute import (
+    activation_dtype_bytes,
+    fp8_active,
+    layer_backward_times,
+    layer_forward_times,
+    layer_step_time,
+    logits_forward_time,
+    peak_flops,
+)
 from autotune.costmodel.flops import iteration_flops, recomputed_fraction
 from autotune.costmodel.layout import Layout
 from autotune.costmodel.memory import model_state_bytes, stage_params
-from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
+from autotune.spec import GPUSpec, ModelSpec, StackSpec, TrainingSpec
 
 __all__ = ["TP_OVERLAP", "BUCKET_PARAMS", "BREAKDOWN", "dp_comm_exposed", "optimizer_time", "step_time"]
 
@@ -56,13 +65,16 @@ BREAKDOWN = ("compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p"
 """Keys of ``time_breakdown_s``, in seconds per optimizer step; they sum to ``step_time_s``."""
 
 
-def _hide(comm: Any, window: Any, flag: Any, frac: Any) -> Any:
-    """Exposed part of ``comm`` overlapped (if ``flag``) with ``window``; ``frac`` never hides."""
-    return np.where(flag > 0, np.maximum(comm - window, comm * frac), comm)
+def _hide(comm: Any, window: Any, flag: Any, frac: Any, slowdown: float = 0.0) -> Any:
+    """Exposed part of ``comm`` overlapped (if ``flag``) with ``window``; ``frac`` never hides. While the
+    hidden part runs, compute slows by ``slowdown`` of it (NCCL kernels hold SMs and HBM bandwidth)."""
+    exposed = np.maximum(comm - window, comm * frac)
+    return np.where(flag > 0, exposed + slowdown * (comm - exposed), comm)
 
 
 def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_node: int, L: Layout,
-                    win_fwd: Any, win_bwd: Any, order: str) -> Any:
+                    win_fwd: Any, win_bwd: Any, order: str, nics_per_node: int | None = None,
+                    slowdown: float = 0.0) -> Any:
     """Exposed data-parallel / ZeRO communication per step, seconds.
 
     Ψ = parameters of the largest stage on a rank; gradients are replicated over dp·cp ranks, sharded
@@ -79,6 +91,9 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     DeepSpeed's stage 3 fetches per module), so its latency term counts once per call: layers of the
     stage + 1 (embedding, norm and output) calls per collective. Negligible at GPU link latencies of
     microseconds; not on CPU ranks, where a call costs a millisecond.
+
+    Bandwidths are the groups' own (:func:`autotune.costmodel.comm.link`): a shard group filling its nodes
+    moves its traffic over all of their NICs; the replica all-reduce may run as a tree across nodes.
     """
     first, last = stage_params(model, L["tp"], L["pp"])
     psi = np.maximum(first, last)
@@ -88,18 +103,21 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     n = np.where(zero >= 1, L["dp_shard"], 1)
     reps = L["dp"] * L["cp"] / n
     sp = spans(L, order)
-    shard_bw, shard_lat = link(gpu, gpus_per_node, sp["dp"] / L["dp"] * n)
-    rep_bw, rep_lat = link(gpu, gpus_per_node, np.maximum(sp["dp"], sp["cp"]))
+    shard_span = sp["dp"] / L["dp"] * n
+    shard_bw, shard_lat = link(gpu, gpus_per_node, shard_span, n, nics_per_node)
+    rep_span = np.maximum(sp["dp"], sp["cp"])
+    rep_bw, rep_lat = link(gpu, gpus_per_node, rep_span, reps, nics_per_node)
     frac = np.minimum(1.0, BUCKET_PARAMS / psi)
     ogr, opg = L["overlap_grad_reduce"], L["overlap_param_gather"]
-    replica_ar = all_reduce(psi * gb / n, reps, rep_bw, rep_lat)
+    replica_ar = all_reduce(psi * gb / n, reps, rep_bw, rep_lat, group_nodes(rep_span, gpus_per_node))
     shard_lat = shard_lat * np.where(zero >= 3, model.layers / L["pp"] + 1.0, 1.0)
     rs = reduce_scatter(psi * gb, n, shard_bw, shard_lat)
     ag = all_gather(psi * pb, n, shard_bw, shard_lat)
-    low = _hide(rs + replica_ar, win_bwd, ogr, frac) + _hide(ag, win_fwd, opg, frac)
+    k = slowdown
+    low = _hide(rs + replica_ar, win_bwd, ogr, frac, k) + _hide(ag, win_fwd, opg, frac, k)
     bwd = ag + rs
-    high = (m * _hide(ag, win_fwd, opg, frac) + (m - 1) * _hide(bwd, win_bwd, ogr * opg, frac)
-            + _hide(bwd + replica_ar, win_bwd, ogr * opg, frac))
+    high = (m * _hide(ag, win_fwd, opg, frac, k) + (m - 1) * _hide(bwd, win_bwd, ogr * opg, frac, k)
+            + _hide(bwd + replica_ar, win_bwd, ogr * opg, frac, k))
     return np.where(zero >= 3, high, low)
 
 
@@ -114,53 +132,69 @@ def optimizer_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: La
 
 
 def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_node: int, L: Layout, *,
-              order: str = "tp-cp-dp-pp") -> dict[str, Any]:
+              order: str = "tp-cp-dp-pp", nics_per_node: int | None = None,
+              stack: StackSpec | None = None) -> dict[str, Any]:
     """Time breakdown (seconds per optimizer step, keys :data:`BREAKDOWN`), ``step_time_s``,
     ``tokens_per_s``, ``model_flops``/``hw_flops`` (per iteration, whole cluster), per-GPU
-    ``tflops_per_gpu``/``hw_tflops_per_gpu``, ``mfu`` and ``hfu`` for layout ``L`` (ints or arrays)."""
+    ``tflops_per_gpu``/``hw_tflops_per_gpu``, ``mfu`` and ``hfu`` for layout ``L`` (ints or arrays), on
+    ``stack`` (default: ``training.stack``, else plain eager PyTorch).
+
+    A layer's forward + backward per micro-batch is the sum of its parts (:mod:`autotune.costmodel.compute`),
+    floored by the stack's host time per layer; the output layer adds its forward and 2× backward. MFU
+    divides model FLOPs by the peak of the dtype the linear GEMMs run in (fp8 when they do)."""
+    from autotune.catalog import resolve_stack
+
+    stack = resolve_stack(stack if stack is not None else training.stack)
     tp, pp, cp, v, m = L["tp"], L["pp"], L["cp"], L["vpp"], L["grad_accum"]
     dtype = activation_dtype_bytes(training.precision)
     tokens = L["micro_batch"] * training.seq_len / cp
     n_layers = model.layers / pp
-    t = layer_forward_times(model, training, gpu, L)
-    fwd_layer = t["linear"] + t["core"] + t["elementwise"] + t["softmax"] + t["overhead"]
-    fwd_mb = n_layers * fwd_layer + logits_forward_time(model, training, gpu, L)
+    t = layer_forward_times(model, training, gpu, L, stack)
+    b = layer_backward_times(model, training, gpu, L, stack, t)
+    fwd_layer = sum(t[k] for k in t)
+    layer_fb = layer_step_time(stack, fwd_layer + sum(b[k] for k in b))
+    logits = logits_forward_time(model, training, gpu, L)
+    fwd_mb = n_layers * fwd_layer + logits
+    compute_mb = n_layers * layer_fb + 3.0 * logits
     rc = L["recompute"]
     full = np.where(rc == 2, recomputed_fraction(model, L), 0.0)
-    recompute_mb = n_layers * (full * fwd_layer + np.where(rc == 1, t["core"] + t["softmax"], 0.0))
+    selective = t["core"] + t["softmax"] if stack.selective_recompute == "attention_core" else t["elementwise"]
+    recompute_mb = n_layers * (full * fwd_layer + np.where(rc == 1, selective, 0.0))
     sp = spans(L, order)
 
-    tp_bw, tp_lat = link(gpu, gpus_per_node, sp["tp"])
+    tp_bw, tp_lat = link(gpu, gpus_per_node, sp["tp"], tp, nics_per_node)
     tp_raw = n_layers * (4.0 + 2.0 * full) * all_reduce(tp_message_bytes(model.hidden, tokens, dtype), tp, tp_bw,
                                                          tp_lat)
     gemm = n_layers * (3.0 + full) * t["linear"]
     tp_mb = np.where(L["tp_comm_overlap"] > 0,
                      np.maximum(tp_raw - TP_OVERLAP * gemm, (1.0 - TP_OVERLAP) * tp_raw), tp_raw)
 
-    cp_bw, cp_lat = link(gpu, gpus_per_node, sp["cp"])
+    cp_bw, cp_lat = link(gpu, gpus_per_node, sp["cp"], 1, nics_per_node)
     kv_local = model.head_dim * np.maximum(model.n_kv_heads / tp, 1.0)
     ring = (cp - 1) * p2p(cp_ring_bytes(kv_local, tokens, dtype), cp_bw, cp_lat)
     passes = 3.0 + full + np.where(rc == 1, 1.0, 0.0)
     cp_mb = n_layers * passes * np.maximum(ring - t["core"], 0.0)
 
-    t_mb = 3.0 * fwd_mb + recompute_mb + tp_mb + cp_mb
-    pp_bw, pp_lat = link(gpu, gpus_per_node, sp["pp"])
+    t_mb = compute_mb + recompute_mb + tp_mb + cp_mb
+    pp_bw, pp_lat = link(gpu, gpus_per_node, sp["pp"], 1, nics_per_node)
     msg = p2p(pp_message_bytes(model.hidden, tokens, tp, dtype), pp_bw, pp_lat)
-    win_bwd = 2.0 * fwd_mb + recompute_mb
+    win_bwd = compute_mb - fwd_mb + recompute_mb
     out = {
-        "compute": 3.0 * m * fwd_mb,
+        "compute": m * compute_mb,
         "recompute": m * recompute_mb,
         "tp_comm": m * tp_mb,
         "cp_comm": m * cp_mb,
         "pp_bubble": (pp - 1) / v * t_mb,
         "pp_p2p": np.where(pp > 1, 2.0 * (m * v + pp - 1) * msg, 0.0),
-        "dp_comm_exposed": dp_comm_exposed(model, training, gpu, gpus_per_node, L, fwd_mb, win_bwd, order),
+        "dp_comm_exposed": dp_comm_exposed(model, training, gpu, gpus_per_node, L, fwd_mb, win_bwd, order,
+                                           nics_per_node, stack.comm_compute_slowdown),
         "optimizer": optimizer_time(model, training, gpu, L),
     }
     step = sum(out[k] for k in BREAKDOWN)
     world = tp * pp * cp * L["dp"]
     model_flops, hw_flops = iteration_flops(model, training, L)
-    peak = peak_flops(gpu, training.precision)[0]
+    lin_peak, core_peak = peak_flops(gpu, training.precision)
+    peak = lin_peak if fp8_active(gpu, stack, training) else core_peak
     out["step_time_s"] = step
     out["tokens_per_s"] = L["micro_batch"] * m * L["dp"] * training.seq_len / step
     out["model_flops"] = model_flops

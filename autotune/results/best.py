@@ -10,6 +10,7 @@ from autotune.results.reproduce import estimate_command
 from autotune.search.objectives import Objective
 from autotune.spec import FIDELITIES, parse_spec
 from autotune.store.storage import EvaluationRecord, Storage
+from autotune.study.resolve import study_stack
 
 __all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison", "fidelity_labels"]
 
@@ -87,7 +88,7 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
         "infeasible": {"count": sum(reasons.values()), "reasons": dict(reasons.most_common())},
     }
     if not ok:
-        return out | {"config": None, "metrics": None, "fidelity": None, "memory_fidelity": None,
+        return out | {"stack": None, "config": None, "metrics": None, "fidelity": None, "memory_fidelity": None,
                       "time_fidelity": None, "trial": None, "estimate_command": None, "runners_up": []}
     top_fid = max(FIDELITY_RANK.get(r.fidelity, 0) for r in ok)
     ranked = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) == top_fid]
@@ -109,6 +110,7 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
 
     lower = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) < top_fid]
     out |= {
+        "stack": None if spec is None else study_stack(spec),
         "config": best.layout,
         "metrics": _metrics_view(best.metrics),
         "fidelity": best.fidelity,

@@ -65,8 +65,9 @@ def _time_table(result: dict[str, Any]) -> Table:
 
 def print_estimate(result: dict[str, Any]) -> None:
     """Print an estimate as tables plus a verdict line."""
+    stack = f", stack {result['stack']}" if "stack" in result else ""
     console.print(f"[bold]{result['model']}[/] ({result['params'] / 1e9:.2f} B params) on "
-                  f"{result['gpus']} x {result['gpu']}: {layout_summary(result['config'])}")
+                  f"{result['gpus']} x {result['gpu']}{stack}: {layout_summary(result['config'])}")
     console.print(_memory_table(result))
     if "step_time_s" in result:
         console.print(_time_table(result))
@@ -100,8 +101,9 @@ def print_best(report: dict[str, Any]) -> None:
                       f"({report['infeasible']['count']} rejected).")
     else:
         m = report["metrics"]
+        stack = f", stack {report['stack']}" if report.get("stack") else ""
         console.print(f"[bold green]Best layout[/] of {report['study']} (trial {report['trial']}, "
-                      f"{fidelity_summary(report)}): {layout_summary(report['config'])}")
+                      f"{fidelity_summary(report)}{stack}): {layout_summary(report['config'])}")
         line = (f"step {m['step_time_s']:.3f} s   tokens/s {m['tokens_per_s']:,.0f}   MFU {m['mfu']:.1%}   "
                 f"memory {m['memory_gib']['total']:.1f} GiB")
         if "training_days" in m:

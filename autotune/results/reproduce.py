@@ -26,6 +26,7 @@ from typing import Any
 
 from autotune.config import layout_kwargs
 from autotune.spec import StudySpec, TrainingSpec, parse_spec
+from autotune.study.resolve import study_stack
 
 __all__ = ["flag", "estimate_command"]
 
@@ -60,8 +61,9 @@ def estimate_command(spec: StudySpec | Mapping[str, Any], layout: Mapping[str, A
         args += ["--gpu", cluster.gpu]
     nodes = layout.get("nodes", cluster.node_counts[0])
     args += ["--gpus", str(nodes * cluster.gpus_per_node), "--gpus-per-node", str(cluster.gpus_per_node)]
+    args += _args("nics_per_node", cluster.nics_per_node)
     args += _args("price_per_gpu_hour", cluster.price_per_gpu_hour)
-    training = study.training.model_dump(mode="json")
+    training = study.training.model_dump(mode="json") | {"stack": study_stack(study)}
     if "global_batch" in layout:
         training["global_batch"] = layout["global_batch"]
     for name in TrainingSpec.model_fields:

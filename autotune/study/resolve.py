@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autotune.catalog import resolve_gpu, resolve_model
+from autotune.catalog import default_stack, resolve_gpu, resolve_model
 from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, StudySpec, TrainingSpec
 
-__all__ = ["Problem", "resolve"]
+__all__ = ["Problem", "resolve", "study_stack"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,19 @@ def resolve(spec: StudySpec, gpu: GPUSpec | None = None, storage: str | None = N
         from autotune.store.profiles import load_profile
 
         gpu = load_profile(spec.cluster.profile, storage)
+    training = spec.training.model_copy(update={"stack": study_stack(spec)})
     return Problem(
         model=resolve_model(spec.model),
         gpu=gpu or resolve_gpu(spec.cluster.gpu),
         cluster=spec.cluster,
-        training=spec.training.at_batch(spec.training.batch_sizes[0]),
+        training=training.at_batch(training.batch_sizes[0]),
     )
+
+
+def study_stack(spec: StudySpec) -> str:
+    """The training stack a study scores on: ``training.stack``, else its search space framework's default."""
+    if spec.training.stack is not None:
+        return spec.training.stack
+    from autotune.search.space import load_space
+
+    return default_stack(load_space(spec.search.space).framework)

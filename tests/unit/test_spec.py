@@ -40,7 +40,8 @@ def test_yaml_and_toml_load_the_same(tmp_path) -> None:
 
 @pytest.mark.parametrize("old,new,expect", [
     ("precision: bf16", "precision: bf17", "training.precision: Input should be 'fp32', 'bf16', 'fp16' or 'fp8'"),
-    ("nodes: 1}", "nodes: 1, racks: 2}", "cluster.racks: unknown field (allowed: gpu, gpus_per_node, nodes,"),
+    ("nodes: 1}", "nodes: 1, racks: 2}",
+     "cluster.racks: unknown field (allowed: gpu, gpus_per_node, nics_per_node, nodes,"),
     ("seq_len: 8192", "seq_len: -1", "training.seq_len: Input should be greater than 0"),
     ("sampler: tpe", "sampler: cmaes",
      "search.sampler: Input should be 'auto', 'tpe', 'gp', 'random', 'nsga2', 'grid' or 'thompson'"),
