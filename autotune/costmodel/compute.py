@@ -26,10 +26,14 @@ GPUSpec.elementwise_bytes_per_token_hidden · h bytes per token per layer in for
 doubles it), at hbm_gbps. Without sequence parallelism the norms and the bias-dropout-residual blocks
 run replicated on every tensor-parallel rank (Korthikanti et al. 2022, §4.2.2); only the activation
 function is sharded. Their share is counted from the tensors each touches (elements read + written):
-two norms 4h, two bias-dropout-adds 2·(3h + h/2 mask), activation 2f (GELU) or 3f (SwiGLU). Without
+two norms 4h, two bias-dropout-adds 2·(3h + h/2 mask), activation 2f (GELU, squared ReLU) or 3f (SwiGLU,
+GeGLU). Shapes beyond that add to ``elementwise_bytes_per_token_hidden · h`` (fitted on two-norm models)
+the elements they read and write: 2h per extra hidden-width norm (Gemma's sandwich has four) and
+2·(q_dim + kv_dim) for q/k norms, the latter inside the tensor-parallel region. Without
 FlashAttention the fused scale-mask-softmax (read 2 + write 2 bytes) and attention dropout (read 2 +
 write 2 + mask 1) add 9 bytes per score (4 without dropout), a·s scores per token; with FlashAttention
-the scores never leave on-chip memory and causal masking skips half of the core's tiles.
+the scores never leave on-chip memory and causal masking skips the tiles above the diagonal: half the
+core, or outside the band of a sliding window (``ModelSpec.attention_keys(s, causal=True)``).
 
 Host overhead: ``GPUSpec.layer_overhead_us`` per layer per micro-batch (forward + backward) is the
 fixed cost of issuing a layer's operators (Python, dispatcher, autograd), plus
@@ -75,11 +79,19 @@ def activation_dtype_bytes(precision: str) -> float:
     return 4.0 if precision == "fp32" else 2.0
 
 
+def _extra_elements(model: ModelSpec) -> tuple[float, float]:
+    """Elements read + written per token beyond a two-norm layer: (outside, inside) the tensor-parallel region."""
+    outside = 2.0 * model.hidden * (model.norms_per_layer - 2)
+    inside = 2.0 * (model.q_dim + model.kv_dim) if model.qk_norm else 0.0
+    return outside, inside
+
+
 def replicated_share(model: ModelSpec) -> float:
     """Share of element-wise traffic outside the tensor-parallel region (norms, dropout, residual)."""
     h, f = model.hidden, model.ffn
-    outside = 4 * h + 2 * (3 * h + (0.5 * h if model.dropout else 0.0))
-    inside = (3 if model.activation == "swiglu" else 2) * f
+    extra_out, extra_in = _extra_elements(model)
+    outside = 4 * h + 2 * (3 * h + (0.5 * h if model.dropout else 0.0)) + extra_out
+    inside = (3 if model.mlp_matrices == 3 else 2) * f + extra_in
     return outside / (outside + inside)
 
 
@@ -92,7 +104,8 @@ def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, 
     tokens = L["micro_batch"] * s / L["cp"]
     eff = gemm_efficiency(gpu, model.hidden / tp, tokens)
     lin_peak, core_peak = peak_flops(gpu, training.precision)
-    causal = 0.5 if training.flash_attention else 1.0
+    keys = model.attention_keys(s, causal=True) if training.flash_attention else s  # unfused: every s x s score
+    causal = keys / model.attention_keys(s)
     latency = GEMMS_PER_LAYER * gpu.gemm_latency_us * 1e-6
     linear = tokens * layer_linear_flops(model) / tp / (lin_peak * eff) + latency
     core = causal * tokens * attention_core_flops(model, s) / tp / (core_peak * eff)
@@ -100,7 +113,8 @@ def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, 
     scale = np.where(L["sequence_parallel"] > 0, 1.0 / tp, share + (1.0 - share) / tp)
     dtype = activation_dtype_bytes(training.precision)
     hbm = gpu.hbm_gbps * 1e9
-    elementwise = tokens * gpu.elementwise_bytes_per_token_hidden * model.hidden * scale * dtype / 2.0 / hbm
+    per_token = gpu.elementwise_bytes_per_token_hidden * model.hidden + 2.0 * sum(_extra_elements(model))
+    elementwise = tokens * per_token * scale * dtype / 2.0 / hbm
     per_score = 0.0 if training.flash_attention else (9.0 if model.dropout else 4.0) * dtype / 2.0
     softmax = tokens * per_score * model.heads * s / tp / hbm
     overhead = (gpu.layer_overhead_us + np.where(tp > 1, gpu.tp_layer_overhead_us, 0.0)) * 1e-6 / 3.0
