@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.catalog import resolve_model
+from autotune.catalog import get_model, resolve_model
 from autotune.catalog.hf import from_hf_config
 from autotune.errors import SpecError
 from autotune.spec import ModelSpec
@@ -155,3 +155,12 @@ def test_layer_types_pattern_and_rope_parameters() -> None:
     cfg["rope_parameters"] = {"rope_theta": 123.0}
     m = from_hf_config(cfg)
     assert (m.full_attention_every, m.rope_theta) == (6, 123.0)
+
+
+@pytest.mark.parametrize("preset,repo", [
+    ("gemma2-9b", "google/gemma-2-9b"), ("gemma3-1b", "google/gemma-3-1b-pt"), ("qwen3-8b", "Qwen/Qwen3-8B"),
+    ("qwen3-32b", "Qwen/Qwen3-32B"), ("olmo2-7b", "allenai/OLMo-2-1124-7B"),
+    ("phi3-mini", "microsoft/Phi-3-mini-4k-instruct"), ("minitron-4b", "nvidia/Minitron-4B-Base"),
+])
+def test_presets_equal_their_config_json(preset: str, repo: str) -> None:
+    assert get_model(preset).model_dump(exclude={"name"}) == _load(repo).model_dump(exclude={"name"})
