@@ -104,14 +104,15 @@ def _no_bias(cfg: dict[str, Any], arch: str, *keys: str) -> str:
     return "none"
 
 
-def _window_every(cfg: dict[str, Any], default: int | None) -> int | None:
+def _window_every(cfg: dict[str, Any], default: Any) -> Any:
     """Every how many layers one attends to all keys: from ``layer_types`` when the file has it, else the
     architecture's fixed pattern ``default``; a pattern that is not "one full layer every k" is refused."""
     types = cfg.get("layer_types")
     if types is None:
         return default
-    if not isinstance(types, list) or not types:
-        raise SpecError("model: config.json field 'layer_types' must be a list of attention kinds")
+    kinds = ("full_attention", "sliding_attention")
+    if not isinstance(types, list) or not types or any(t not in kinds for t in types):
+        raise SpecError(f"model: config.json field 'layer_types' must be a list of {' or '.join(kinds)}")
     full = [i for i, t in enumerate(types) if t == "full_attention"]
     if not full:
         return None
@@ -141,7 +142,7 @@ def _nemotron(cfg: dict[str, Any]) -> dict[str, Any]:
     return fields | {"bias": "all" if both else _no_bias(cfg, "NemotronForCausalLM", "attention_bias", "mlp_bias")}
 
 
-def _gemma(cfg: dict[str, Any], arch: str, every: int, qk_norm: bool) -> dict[str, Any]:
+def _gemma(cfg: dict[str, Any], arch: str, every: Any, qk_norm: bool) -> dict[str, Any]:
     window = cfg.get("sliding_window")
     return _dense(cfg, arch, activation="geglu", tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
                   norm_placement="sandwich", qk_norm=qk_norm, sliding_window=window,
@@ -171,7 +172,7 @@ def _phi3(cfg: dict[str, Any]) -> dict[str, Any]:
 DENSE_BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "NemotronForCausalLM": _nemotron,
     "Gemma2ForCausalLM": lambda c: _gemma(c, "Gemma2ForCausalLM", every=2, qk_norm=False),
-    "Gemma3ForCausalLM": lambda c: _gemma(c, "Gemma3ForCausalLM", every=int(c.get("sliding_window_pattern", 6)),
+    "Gemma3ForCausalLM": lambda c: _gemma(c, "Gemma3ForCausalLM", every=c.get("sliding_window_pattern", 6),
                                           qk_norm=True),
     "Qwen3ForCausalLM": _qwen3,
     "Olmo2ForCausalLM": _olmo2,

@@ -4,6 +4,8 @@ sandwich norms and sliding windows, against hand-worked numbers."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autotune.config import derive
 from autotune.costmodel.compute import layer_forward_times, replicated_share
@@ -74,3 +76,16 @@ def test_windowed_core_time_follows_the_causal_band() -> None:
     full = layer_forward_times(TOY, T16, GPU, _layout(TOY, T16))["core"]
     win = TOY.model_copy(update={"sliding_window": 4})
     assert layer_forward_times(win, T16, GPU, _layout(win, T16))["core"] == pytest.approx(full * 3.5 / 8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(s=st.integers(1, 131072), w=st.integers(1, 131072), every=st.one_of(st.none(), st.integers(1, 8)),
+       layers=st.integers(1, 64))
+def test_attention_keys_bounds(s: int, w: int, every: int | None, layers: int) -> None:
+    # A query never visits more keys than the non-causal count, which never exceeds s; the causal band covers at
+    # least half of it (the full triangle is exactly half) and windows never add keys.
+    m = TOY.model_copy(update={"layers": layers, "sliding_window": w, "full_attention_every": every})
+    keys, causal = m.attention_keys(s), m.attention_keys(s, causal=True)
+    assert 0 < causal <= keys <= s
+    assert causal >= keys / 2 - 1e-9
+    assert keys <= TOY.attention_keys(s) and causal <= TOY.attention_keys(s, causal=True) + 1e-9
