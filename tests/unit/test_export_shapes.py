@@ -31,7 +31,7 @@ def test_megatron_minitron_flags() -> None:
 
 
 def test_megatron_qwen3_flags() -> None:
-    # head_dim 128 != 4096 / 32 = 128? equal for 8B; Qwen3-32B has 5120 / 64 = 80 != 128, so --kv-channels 128.
+    # Qwen3-32B: head_dim 128 but h / heads = 5120 / 64 = 80, so --kv-channels 128 (Qwen3-8B: 4096 / 32 = 128).
     f = _megatron(get_model("qwen3-32b"))
     assert f["--kv-channels"] == "128" and "--qk-layernorm" in f and "--swiglu" in f
 
