@@ -66,7 +66,9 @@ class ModelSpec(_Frozen):
     kv_heads: PosInt | None = Field(None, description="Key/value heads (GQA); default = heads (MHA).")
     ffn_hidden: PosInt | None = Field(None, description="MLP inner width f; default 4h.")
     vocab: PosInt = Field(description="Vocabulary size V.")
-    activation: Literal["gelu", "swiglu"] = Field("gelu", description="MLP: 2-matrix GELU or 3-matrix SwiGLU.")
+    activation: Literal["gelu", "swiglu", "geglu", "relu2"] = Field(
+        "gelu", description="MLP: 2-matrix GELU, 3-matrix SwiGLU (silu gate), 3-matrix GeGLU (tanh-GELU gate, "
+        "Gemma) or 2-matrix squared ReLU (relu(x)², Nemotron-4).")
     tied_embeddings: bool = Field(False, description="Output layer shares the input embedding matrix.")
     norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="LayerNorm (2h) or RMSNorm (h).")
     bias: Literal["none", "qkv", "all"] = Field("none", description="Which linear layers carry biases.")
@@ -76,14 +78,90 @@ class ModelSpec(_Frozen):
         " Megatron-LM's default (Llama 3 uses 500000). Ignored with learned positions.")
     max_seq_len: PosInt = Field(2048, description="Positions of a learned table; longest trained sequence.")
     dropout: bool = Field(False, description="Dropout layers present (stores 1-byte masks).")
+    # Shapes beyond Llama/GPT (Gemma 2/3, Qwen3, OLMo 2, Phi-3, Nemotron-4; issue 16 item 6).
+    head_dim: PosInt | None = Field(
+        None, description="Width d of one attention head; default h / heads. Gemma, Qwen3 and Minitron decouple "
+        "it: queries project h -> heads·d, keys and values h -> kv_heads·d, the output heads·d -> h.")
+    qk_norm: bool = Field(False, description="RMSNorm on queries and keys before RoPE (Qwen3, Gemma 3, OLMo 2).")
+    qk_norm_scope: Literal["head", "projection"] = Field(
+        "head", description="qk_norm over each head's d channels, one weight of d shared by the heads (Qwen3, "
+        "Gemma 3: 2d parameters), or over the whole q and k projections (OLMo 2: heads·d + kv_heads·d).")
+    norm_placement: Literal["pre", "post", "sandwich"] = Field(
+        "pre", description="A block's norms: pre x + f(norm(x)) (Llama, GPT; 2 per layer), post x + norm(f(x)) "
+        "(OLMo 2; 2 per layer) or sandwich x + norm(f(norm(x))) (Gemma 2/3; 4 per layer).")
+    sliding_window: PosInt | None = Field(
+        None, description="Keys a windowed layer attends to (the query's own and the w-1 before it); None = full "
+        "causal attention in every layer.")
+    full_attention_every: PosInt | None = Field(
+        None, description="With sliding_window: every k-th layer (layers k-1, 2k-1, ... counted from 0) attends to "
+        "all keys (Gemma 2: 2, Gemma 3: 6); None = every layer is windowed (Mistral 7B v0.1, Phi-3).")
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelSpec:
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.head_dim is None:
+            if self.hidden % self.heads:
+                raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads} (give head_dim)")
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)  # frozen: fill the default once
         if self.heads % self.n_kv_heads:
             raise ValueError(f"heads={self.heads} is not divisible by kv_heads={self.n_kv_heads}")
+        if self.full_attention_every is not None and self.sliding_window is None:
+            raise ValueError("full_attention_every needs sliding_window")
         return self
+
+    @property
+    def q_dim(self) -> int:
+        """Query (and attention-output) width, heads·d."""
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Key (and value) width, kv_heads·d."""
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def mlp_matrices(self) -> int:
+        """h×f matrices of the MLP: 3 for the gated SwiGLU/GeGLU (gate, up, down), 2 for GELU/squared ReLU."""
+        return 3 if self.activation in ("swiglu", "geglu") else 2
+
+    @property
+    def norms_per_layer(self) -> int:
+        """Hidden-width norms of one block: 4 with sandwich norms (Gemma 2/3), 2 otherwise."""
+        return 4 if self.norm_placement == "sandwich" else 2
+
+    def qk_norm_params(self) -> int:
+        """Weights of one layer's q/k norms: 2d per head-wise norm pair, heads·d + kv_heads·d over projections."""
+        if not self.qk_norm:
+            return 0
+        return 2 * self.head_dim if self.qk_norm_scope == "head" else self.q_dim + self.kv_dim
+
+    def replicated_layer_params(self) -> int:
+        """Parameters of one block that tensor parallelism replicates: the hidden-width norms and head-wise
+        q/k norms (OLMo 2's projection-wide q/k norms are sharded with their projections)."""
+        qk = self.qk_norm_params() if self.qk_norm_scope == "head" else 0
+        return self.norms_per_layer * self.norm_params() + qk
+
+    def is_windowed(self, layer: int) -> bool:
+        """Whether block ``layer`` (0-based) uses sliding-window attention (transformers' Gemma2/Gemma3
+        convention: layer i attends to all keys when (i + 1) is a multiple of ``full_attention_every``)."""
+        if self.sliding_window is None:
+            return False
+        return self.full_attention_every is None or (layer + 1) % self.full_attention_every != 0
+
+    def attention_keys(self, seq_len: int, causal: bool = False) -> float:
+        """Keys per query of the attention core, averaged over the layers.
+
+        Without ``causal``, Narayanan et al.'s convention: every query scores all s keys of a full layer and
+        min(s, w) of a windowed one. With ``causal``, the keys a causal (FlashAttention) kernel visits, the
+        area of the mask per query: s/2 for a full layer, and for a window w < s the band s·w − w²/2 per s
+        queries, w − w²/(2s) (s/2 when s <= w).
+        """
+        s = float(seq_len)
+        full, windowed = (s / 2, s / 2) if causal else (s, s)
+        if self.sliding_window is not None:
+            w = float(self.sliding_window)
+            windowed = (w - w * w / (2 * s) if s > w else s / 2) if causal else min(s, w)
+        n_windowed = sum(self.is_windowed(i) for i in range(self.layers))
+        return (n_windowed * windowed + (self.layers - n_windowed) * full) / self.layers
 
     @property
     def n_kv_heads(self) -> int:
@@ -95,11 +173,6 @@ class ModelSpec(_Frozen):
         """MLP inner width."""
         return self.ffn_hidden or 4 * self.hidden
 
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head, h / a."""
-        return self.hidden // self.heads
-
     def norm_params(self) -> int:
         """Parameters of one normalisation layer (LayerNorm has a bias, RMSNorm has not)."""
         return 2 * self.hidden if self.norm == "layernorm" else self.hidden
@@ -108,17 +181,18 @@ class ModelSpec(_Frozen):
         """Parameters of one transformer block.
 
         GPT (MHA, f = 4h, biases, LayerNorm) gives 12h² + 13h, the per-layer term of seed 002's
-        N = h·v + L(12h² + 13h) + 2h.
+        N = h·v + L(12h² + 13h) + 2h. In general: q and o are h×heads·d, k and v h×kv_heads·d, the MLP
+        ``mlp_matrices`` h×f, plus ``norms_per_layer`` norms and the q/k norms.
         """
-        h, f, kvd = self.hidden, self.ffn, self.n_kv_heads * self.head_dim
-        attn = 2 * h * h + 2 * h * kvd
-        mlp = (3 if self.activation == "swiglu" else 2) * h * f
+        h, f, qd, kvd = self.hidden, self.ffn, self.q_dim, self.kv_dim
+        attn = 2 * h * qd + 2 * h * kvd
+        mlp = self.mlp_matrices * h * f
         bias = 0
         if self.bias in ("qkv", "all"):
-            bias += h + 2 * kvd
+            bias += qd + 2 * kvd
         if self.bias == "all":
-            bias += h + (2 * f if self.activation == "swiglu" else f) + h
-        return attn + mlp + bias + 2 * self.norm_params()
+            bias += h + (self.mlp_matrices - 1) * f + h
+        return attn + mlp + bias + self.norms_per_layer * self.norm_params() + self.qk_norm_params()
 
     def embedding_params(self) -> int:
         """Input embedding (and a learned position table) parameters."""

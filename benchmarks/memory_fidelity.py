@@ -1,6 +1,7 @@
 """Analytic memory model against the fake-tensor dry run, layout by layout.
 
-For a grid of layouts over Llama-3-8B, Llama-3-70B and a GPT-3 style model (tp, pp, vpp, dp, ZeRO 0–3,
+For a grid of layouts over Llama-3-8B, Llama-3-70B, a GPT-3 style model and, cut to 4-6 layers at full width,
+Gemma 2 9B, Gemma 3 1B, Qwen3-8B, OLMo 2 7B, Phi-3-mini and Minitron 4B (tp, pp, vpp, dp, ZeRO 0–3,
 HSDP, sequence parallelism, recomputation, micro-batch, schedule), compares
 :func:`autotune.costmodel.memory.memory_breakdown` with :func:`workers.dryrun.dry_run` and prints the
 relative error of the total and of each category, its distribution, and the share of layouts within 5 %.
@@ -14,7 +15,7 @@ recompute under TP + pipelining the backward peak carries bf16 weight gradients 
 materialises before the hook adds them into the fp32 main gradients (Megatron's gradient-accumulation
 fusion writes them straight into the main gradient).
 
-Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--limit N] [--json out.json]``.
+Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--limit N] [--models NAME ...] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,24 @@ from autotune.costmodel.memory import GIB, memory_breakdown
 from autotune.spec import ModelSpec, TrainingSpec
 from workers.dryrun import dry_run
 
+
+def _cut(preset: str, layers: int) -> ModelSpec:
+    """A preset at full width with only ``layers`` blocks."""
+    return get_model(preset).model_copy(update={"layers": layers})
+
+
 MODELS: dict[str, tuple[ModelSpec, TrainingSpec]] = {
     "llama3-8b": (get_model("llama3-8b"), TrainingSpec(seq_len=8192, global_batch=256)),
     "llama3-70b": (get_model("llama3-70b"), TrainingSpec(seq_len=8192, global_batch=256)),
     "gpt3-18.4b": (get_model("gpt3-18.4b").model_copy(update={"dropout": False}),
                    TrainingSpec(seq_len=2048, global_batch=256)),
+    # Shapes beyond Llama at full width, cut to a few layers (issue 16 item 6).
+    "gemma2-9b/4": (_cut("gemma2-9b", 4), TrainingSpec(seq_len=8192, global_batch=64)),
+    "gemma3-1b/6": (_cut("gemma3-1b", 6), TrainingSpec(seq_len=8192, global_batch=64)),
+    "qwen3-8b/4": (_cut("qwen3-8b", 4), TrainingSpec(seq_len=8192, global_batch=64)),
+    "olmo2-7b/4": (_cut("olmo2-7b", 4), TrainingSpec(seq_len=4096, global_batch=64)),
+    "phi3-mini/4": (_cut("phi3-mini", 4), TrainingSpec(seq_len=4096, global_batch=64)),
+    "minitron-4b/4": (_cut("minitron-4b", 4), TrainingSpec(seq_len=4096, global_batch=64)),
 }
 # (model, gpus, layout keywords); global_batch=16 rows keep the all-forwards GPipe cases short.
 GRID: list[tuple[str, int, dict[str, Any]]] = [
@@ -91,6 +105,17 @@ GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("gpt3-18.4b", 16, dict(tp=2, zero=3, recompute="full", micro_batch=4)),
     ("gpt3-18.4b", 16, dict(tp=4, pp=4, zero=0, sequence_parallel=True, recompute="full",
                             recompute_layers=5)),
+    ("gemma2-9b/4", 8, dict(zero=1)), ("gemma2-9b/4", 8, dict(tp=2, zero=1, sequence_parallel=True)),
+    ("gemma2-9b/4", 8, dict(tp=4, zero=1, sequence_parallel=True, recompute="selective")),
+    ("gemma2-9b/4", 8, dict(tp=2, pp=2, zero=1, sequence_parallel=True)),
+    ("gemma3-1b/6", 8, dict(zero=1, micro_batch=2)), ("gemma3-1b/6", 8, dict(zero=3, recompute="full")),
+    ("qwen3-8b/4", 8, dict(zero=1)), ("qwen3-8b/4", 8, dict(tp=4, zero=1, sequence_parallel=True)),
+    ("qwen3-8b/4", 8, dict(tp=8, zero=0)), ("qwen3-8b/4", 8, dict(pp=2, zero=1, recompute="full")),
+    ("olmo2-7b/4", 8, dict(zero=1)), ("olmo2-7b/4", 8, dict(zero=3, micro_batch=2)),
+    ("olmo2-7b/4", 8, dict(pp=2, zero=1)),
+    ("phi3-mini/4", 8, dict(zero=1)), ("phi3-mini/4", 8, dict(tp=2, zero=1, sequence_parallel=True)),
+    ("minitron-4b/4", 8, dict(zero=1)), ("minitron-4b/4", 8, dict(tp=4, zero=1, sequence_parallel=True)),
+    ("minitron-4b/4", 8, dict(tp=2, zero=2, sequence_parallel=True, micro_batch=2)),
 ]
 
 
@@ -120,7 +145,7 @@ def rel(row: dict[str, Any], key: str) -> float:
 def line(r: dict[str, Any]) -> str:
     """One row: layout, both totals (GiB), the error per category, dry-run seconds."""
     parts = " ".join(f"{k[:3]} {rel(r, k):+6.1%}" for k in MEMORY_KEYS)
-    return (f"{r['model']:10s} {r['gpus']:4d} {json.dumps(r['layout']):60s} dry {r['dryrun']['total'] / GIB:6.1f} "
+    return (f"{r['model']:13s} {r['gpus']:4d} {json.dumps(r['layout']):60s} dry {r['dryrun']['total'] / GIB:6.1f} "
             f"ana {r['analytic']['total'] / GIB:6.1f} GiB | {parts} | {r['wall_s']:5.1f}s")
 
 
@@ -139,9 +164,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="Only the first N layouts.")
     ap.add_argument("--json", default=None, help="Also write the rows to this file.")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=None, help="Only these models' rows.")
     args = ap.parse_args()
     rows = []
-    for row in GRID[: args.limit]:
+    for row in [r for r in GRID if args.models is None or r[0] in args.models][: args.limit]:
         rows.append(compare(*row))
         print(line(rows[-1]), flush=True)
     summary(rows)

@@ -7,8 +7,11 @@ kernels (the analytic model's assumption, Korthikanti et al. 2022) per token per
   kernel (Apex/TE, torch's CUDA ``_fused_rms_norm``) saves the bf16 input and one fp32 rstd per token.
 * SwiGLU: eager saves silu(w1·x) as well (+2f bytes); Megatron's fused ``bias_swiglu`` saves only
   w1·x and w3·x and recomputes the silu in backward.
+* SwiGLU's storage holds for GeGLU too (Megatron's ``bias_geglu`` saves both inputs).
 * GQA: ``repeat_interleave`` saves K and V expanded to all heads (4h instead of 4·g·d bytes);
-  flash attention with native GQA (``enable_gqa``) saves the kv heads only.
+  flash attention with native GQA (``enable_gqa``) saves the kv heads only. A sliding-window layer runs
+  it causal: FlashAttention's ``window_size`` saves the same q, k, v, output and log-sum-exp, where the
+  eager core's boolean (s, s) mask would be one more saved tensor.
 * Sequence parallelism: DTensor saves the all-gathered (b, s, h) inputs of the QKV and fc1 layers;
   Megatron (Korthikanti §4.2.2) saves the sequence shard and all-gathers again in backward —
   :func:`save_sequence_shards` does the same with saved-tensor hooks.
@@ -37,7 +40,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from workers.model import Attention, AttentionCore, FeedForward
 
-__all__ = ["fuse", "rms_norm", "save_sequence_shards", "swiglu", "vocab_parallel_cross_entropy"]
+__all__ = ["fuse", "geglu", "rms_norm", "save_sequence_shards", "swiglu", "vocab_parallel_cross_entropy"]
 
 
 def _up(t: torch.Tensor) -> torch.Tensor:
@@ -104,6 +107,28 @@ class _SwiGLU(torch.autograd.Function):
         return ga, gb
 
 
+class _GeGLU(torch.autograd.Function):
+    """gelu_tanh(a) · b; saves a and b, recomputes the GELU in backward (Megatron's fused bias_geglu)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        return _kernel([a], lambda: (F.gelu(a, approximate="tanh") * b,))[0]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = ctx.saved_tensors
+
+        def body() -> tuple[torch.Tensor, torch.Tensor]:
+            x = _up(a)
+            t = torch.tanh(0.7978845608028654 * (x + 0.044715 * x**3))  # sqrt(2/pi); Hendrycks & Gimpel 2016
+            dgelu = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x)
+            return _up(grad) * _up(b) * dgelu, _up(grad) * 0.5 * x * (1 + t)
+
+        ga, gb = _kernel([a, b], body)
+        return ga, gb
+
+
 class _VocabParallelCE(torch.autograd.Function):
     """Mean cross-entropy of vocabulary-sharded logits (Megatron's ``_VocabParallelCrossEntropy``):
     an fp32 softmax computed in place and saved, turned into the gradient in place in backward."""
@@ -158,9 +183,15 @@ class _FusedRMSNorm(nn.RMSNorm):
         return rms_norm(x, self.weight, self.eps if self.eps is not None else 1e-6)
 
 
+def geglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Fused-storage gelu_tanh(a) · b."""
+    return _GeGLU.apply(a, b)
+
+
 class _FusedFeedForward(FeedForward):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(swiglu(self.w1(x), self.w3(x)))
+        glu = geglu if self.activation == "geglu" else swiglu
+        return self.w2(glu(self.w1(x), self.w3(x)))
 
 
 class _GQACore(AttentionCore):

@@ -6,6 +6,12 @@ name: ``tok_embeddings`` (+ ``pos_embeddings`` for a learned position table), ``
 ``output``. ``forward`` skips whichever of these a pipeline stage does not own (set to ``None``), so a
 middle stage maps hidden states to hidden states.
 
+The block follows the spec's shape: queries of heads·head_dim (decoupled from h as in Gemma, Qwen3,
+Minitron), SwiGLU / GeGLU (tanh GELU gate, transformers' ``gelu_pytorch_tanh``) / GELU / squared-ReLU MLPs,
+q/k RMSNorm per head (Qwen3, Gemma 3) or over the projections (OLMo 2), pre / post / sandwich norms
+(``attention_post_norm`` and ``ffn_post_norm`` on the sub-layer outputs), and sliding-window layers, whose
+core runs SDPA with a windowed causal boolean mask (query i sees keys i-w+1 … i).
+
 Initialisation is per parameter from a generator seeded by (seed, parameter name), so a pipeline
 stage holding any subset of the layers gets exactly the weights of the full model.
 """
@@ -20,7 +26,7 @@ from torch import nn
 
 from autotune.spec import ModelSpec
 
-__all__ = ["Transformer", "build_model", "init_weights", "synthetic_batch", "rope_frequencies"]
+__all__ = ["Transformer", "build_model", "init_weights", "synthetic_batch", "rope_frequencies", "window_mask"]
 
 
 def _norm(spec: ModelSpec) -> nn.Module:
@@ -45,30 +51,60 @@ def _apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return out.flatten(-2).type_as(x)
 
 
+def window_mask(seq_len: int, window: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Boolean ``(s, s)`` mask, True where query i may attend to key j: i - window < j <= i."""
+    i = torch.arange(seq_len, device=device)
+    d = i[:, None] - i[None, :]
+    return (d >= 0) & (d < window)
+
+
 class AttentionCore(nn.Module):
-    """Causal scaled-dot-product attention over ``(b, heads, s, head_dim)``; the selective-recompute unit."""
+    """Causal scaled-dot-product attention over ``(b, heads, s, head_dim)``, optionally over a sliding
+    ``window`` of keys; the selective-recompute unit."""
+
+    def __init__(self, window: int | None = None) -> None:
+        super().__init__()
+        self.window = window
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.window is None or self.window >= q.shape[2]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        mask = window_mask(q.shape[2], self.window, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _qk_norms(spec: ModelSpec) -> tuple[nn.Module | None, nn.Module | None]:
+    """RMSNorms of queries and keys: one weight of head_dim shared by the heads, or one per projection."""
+    if not spec.qk_norm:
+        return None, None
+    if spec.qk_norm_scope == "head":
+        return nn.RMSNorm(spec.head_dim, eps=1e-6), nn.RMSNorm(spec.head_dim, eps=1e-6)
+    return nn.RMSNorm(spec.q_dim, eps=1e-6), nn.RMSNorm(spec.kv_dim, eps=1e-6)
 
 
 class Attention(nn.Module):
     """Grouped-query attention. Head counts are inferred from the (possibly tensor-parallel) shapes."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, layer: int = 0) -> None:
         super().__init__()
-        h, kvd, qkv_bias = spec.hidden, spec.n_kv_heads * spec.head_dim, spec.bias != "none"
+        h, qkv_bias = spec.hidden, spec.bias != "none"
         self.head_dim, self.n_rep = spec.head_dim, spec.heads // spec.n_kv_heads
-        self.wq = nn.Linear(h, h, bias=qkv_bias)
-        self.wk = nn.Linear(h, kvd, bias=qkv_bias)
-        self.wv = nn.Linear(h, kvd, bias=qkv_bias)
-        self.wo = nn.Linear(h, h, bias=spec.bias == "all")
-        self.core = AttentionCore()
+        self.wq = nn.Linear(h, spec.q_dim, bias=qkv_bias)
+        self.wk = nn.Linear(h, spec.kv_dim, bias=qkv_bias)
+        self.wv = nn.Linear(h, spec.kv_dim, bias=qkv_bias)
+        self.wo = nn.Linear(spec.q_dim, h, bias=spec.bias == "all")
+        self.q_norm, self.k_norm = _qk_norms(spec)
+        self.per_head_norm = spec.qk_norm_scope == "head"
+        self.core = AttentionCore(spec.sliding_window if spec.is_windowed(layer) else None)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor | None) -> torch.Tensor:
         b, s, _ = x.shape
-        q = self.wq(x).view(b, s, -1, self.head_dim)
-        k = self.wk(x).view(b, s, -1, self.head_dim)
+        q, k = self.wq(x), self.wk(x)
+        if self.q_norm is not None and not self.per_head_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.view(b, s, -1, self.head_dim), k.view(b, s, -1, self.head_dim)
+        if self.q_norm is not None and self.per_head_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         v = self.wv(x).view(b, s, -1, self.head_dim)
         if freqs is not None:
             q, k = _apply_rope(q, freqs), _apply_rope(k, freqs)
@@ -81,33 +117,54 @@ class Attention(nn.Module):
         return k.repeat_interleave(self.n_rep, dim=2), v.repeat_interleave(self.n_rep, dim=2)
 
 
+def _relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+#: The MLP's activation per ModelSpec.activation (gated ones multiply by w3 x).
+ACTIVATIONS = {"gelu": F.gelu, "relu2": _relu2, "swiglu": F.silu, "geglu": lambda x: F.gelu(x, approximate="tanh")}
+
+
 class FeedForward(nn.Module):
-    """SwiGLU (w2(silu(w1 x) * w3 x)) or GELU (w2(gelu(w1 x))) MLP."""
+    """Gated w2(act(w1 x) * w3 x) for SwiGLU (silu) and GeGLU (tanh GELU), else w2(act(w1 x)) for GELU and
+    squared ReLU (relu(x)², Nemotron-4)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         bias = spec.bias == "all"
+        self.activation = spec.activation
         self.w1 = nn.Linear(spec.hidden, spec.ffn, bias=bias)
         self.w2 = nn.Linear(spec.ffn, spec.hidden, bias=bias)
-        self.w3 = nn.Linear(spec.hidden, spec.ffn, bias=bias) if spec.activation == "swiglu" else None
+        self.w3 = nn.Linear(spec.hidden, spec.ffn, bias=bias) if spec.mlp_matrices == 3 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = ACTIVATIONS[self.activation]
         if self.w3 is None:
-            return self.w2(F.gelu(self.w1(x)))
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return self.w2(act(self.w1(x)))
+        return self.w2(act(self.w1(x)) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """x + post(attn(pre(x))), then x + post(mlp(pre(x))): pre-norms only (Llama), post-norms only (OLMo 2)
+    or both (Gemma's sandwich); an absent norm is None."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, layer: int = 0) -> None:
         super().__init__()
-        self.attention_norm, self.attention = _norm(spec), Attention(spec)
-        self.ffn_norm, self.feed_forward = _norm(spec), FeedForward(spec)
+        pre, post = spec.norm_placement != "post", spec.norm_placement != "pre"
+        self.attention_norm = _norm(spec) if pre else None
+        self.attention = Attention(spec, layer)
+        self.attention_post_norm = _norm(spec) if post else None
+        self.ffn_norm = _norm(spec) if pre else None
+        self.feed_forward = FeedForward(spec)
+        self.ffn_post_norm = _norm(spec) if post else None
+
+    @staticmethod
+    def _maybe(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+        return x if norm is None else norm(x)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), freqs)
-        return x + self.feed_forward(self.ffn_norm(x))
+        x = x + self._maybe(self.attention_post_norm, self.attention(self._maybe(self.attention_norm, x), freqs))
+        return x + self._maybe(self.ffn_post_norm, self.feed_forward(self._maybe(self.ffn_norm, x)))
 
 
 class Transformer(nn.Module):
@@ -121,7 +178,7 @@ class Transformer(nn.Module):
         self.pos_embeddings: nn.Module | None = (
             nn.Embedding(spec.max_seq_len, spec.hidden) if learned else None
         )
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec) for i in range(spec.layers)})
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in range(spec.layers)})
         self.norm: nn.Module | None = _norm(spec)
         self.output: nn.Module | None = nn.Linear(spec.hidden, spec.vocab, bias=False)
         if spec.tied_embeddings:

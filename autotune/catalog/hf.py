@@ -2,14 +2,36 @@
 
 Supported ``architectures``: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (q/k/v biases),
 GPT2LMHeadModel (n_embd, n_layer, n_head, n_inner; tied, GELU 4h, learned positions) and
-GPTNeoXForCausalLM (parallel attention; biases; rotary). The RoPE base is ``rope_theta`` (Llama, Mistral,
+GPTNeoXForCausalLM (parallel attention; biases; rotary); Mistral's ``sliding_window`` (4096 in v0.1, null
+from v0.2) windows every layer. The RoPE base is ``rope_theta`` (Llama, Mistral,
 Qwen2; ``rotary_emb_base`` for GPT-NeoX), 10000 when absent (the transformers default for all four).
 Anything else — mixture-of-experts models in
 particular — is refused by name rather than counted wrongly.
+
+Architectures of :data:`DENSE_BUILDERS` (shapes and defaults from transformers v4.51.0,
+``src/transformers/models/<name>/configuration_<name>.py`` and ``modeling_<name>.py``):
+
+* NemotronForCausalLM (Nemotron-4, Minitron): ``NemotronMLP`` is up_proj → relu2 (relu(x)²) → down_proj, no
+  gate; ``NemotronLayerNorm1P`` is a LayerNorm with weight and bias (it normalises with weight + 1: same
+  parameters and cost); partial rotary (``partial_rotary_factor`` 0.5) rotates half of each head (no
+  parameters); ``head_dim`` decoupled; biases from ``attention_bias`` (q, k, v, o) and ``mlp_bias``.
+* Gemma2ForCausalLM / Gemma3ForCausalLM (text model): gate/up/down MLP with tanh-GELU (GeGLU), ``head_dim``
+  decoupled, four RMSNorms per block (input, post_attention, pre_feedforward, post_feedforward), tied
+  embeddings scaled by sqrt(h) and soft-capped logits (neither changes parameters or cost); sliding-window
+  layers: Gemma 2 alternates (``layer_idx % 2 == 0`` windowed), Gemma 3 has one full layer in
+  ``sliding_window_pattern`` (6); Gemma 3 adds per-head q/k RMSNorm. ``layer_types`` (newer config files)
+  gives the same pattern explicitly.
+* Qwen3ForCausalLM (dense): Llama with per-head q/k RMSNorm ("unlike olmo, only on the head dim") and
+  decoupled ``head_dim``.
+* Olmo2ForCausalLM: no input norm; ``post_attention_layernorm`` and ``post_feedforward_layernorm`` on the
+  sub-layer outputs (x + norm(f(x))); q/k RMSNorm over the whole projections (heads·d and kv_heads·d).
+* Phi3ForCausalLM: fused ``qkv_proj`` (h × (heads + 2·kv_heads)·d) and ``gate_up_proj`` (h × 2f), the same
+  parameters as separate matrices; ``sliding_window`` on every layer (Phi-3-mini-4k: 2047).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,9 +39,8 @@ from pydantic import ValidationError
 from autotune.errors import SpecError
 from autotune.spec import ModelSpec, format_validation_error
 
-__all__ = ["from_hf_config", "SUPPORTED"]
+__all__ = ["from_hf_config", "SUPPORTED", "BUILDERS", "DENSE_BUILDERS"]
 
-SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel", "GPTNeoXForCausalLM")
 
 
 def _req(cfg: dict[str, Any], key: str) -> Any:
@@ -66,6 +87,110 @@ def _neox(cfg: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _rope_theta(cfg: dict[str, Any]) -> Any:
+    """``rope_theta``, or ``rope_parameters.rope_theta`` (transformers >= 4.57 files); 10000 when absent."""
+    nested = cfg.get("rope_parameters")
+    if isinstance(nested, dict) and "rope_theta" in nested:
+        return nested["rope_theta"]
+    return cfg.get("rope_theta", 10000.0)
+
+
+def _no_bias(cfg: dict[str, Any], arch: str, *keys: str) -> str:
+    """``"none"``; refuses a bias flag these architectures put on layers ModelSpec.bias cannot name."""
+    for key in keys:
+        if cfg.get(key):
+            raise SpecError(f"model: {arch} with {key}=true is not supported (its biases span layers that "
+                            f"ModelSpec.bias none|qkv|all cannot express)")
+    return "none"
+
+
+def _window_every(cfg: dict[str, Any], default: Any) -> Any:
+    """Every how many layers one attends to all keys: from ``layer_types`` when the file has it, else the
+    architecture's fixed pattern ``default``; a pattern that is not "one full layer every k" is refused."""
+    types = cfg.get("layer_types")
+    if types is None:
+        return default
+    kinds = ("full_attention", "sliding_attention")
+    if not isinstance(types, list) or not types or any(t not in kinds for t in types):
+        raise SpecError(f"model: config.json field 'layer_types' must be a list of {' or '.join(kinds)}")
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    if not full:
+        return None
+    k = full[0] + 1
+    if full != list(range(k - 1, len(types), k)):
+        raise SpecError(f"model: layer_types {types} is not one full_attention layer every k layers"
+                        " (the only mixed pattern modelled)")
+    return k
+
+
+def _dense(cfg: dict[str, Any], arch: str, **fields: Any) -> dict[str, Any]:
+    """The fields the newer dense architectures share (Llama names in config.json, decoupled head_dim)."""
+    return dict(
+        layers=_req(cfg, "num_hidden_layers"), hidden=_req(cfg, "hidden_size"),
+        heads=_req(cfg, "num_attention_heads"),
+        kv_heads=cfg.get("num_key_value_heads") or cfg.get("num_attention_heads"),
+        head_dim=cfg.get("head_dim"), ffn_hidden=_req(cfg, "intermediate_size"), vocab=_req(cfg, "vocab_size"),
+        norm="rmsnorm", bias=_no_bias(cfg, arch, "attention_bias"), position_embedding="rope",
+        rope_theta=_rope_theta(cfg), max_seq_len=cfg.get("max_position_embeddings", 4096),
+    ) | fields
+
+
+def _nemotron(cfg: dict[str, Any]) -> dict[str, Any]:
+    both = bool(cfg.get("attention_bias")) and bool(cfg.get("mlp_bias"))
+    fields = _dense(cfg, "NemotronForCausalLM", activation="relu2", norm="layernorm",
+                    tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+    return fields | {"bias": "all" if both else _no_bias(cfg, "NemotronForCausalLM", "attention_bias", "mlp_bias")}
+
+
+def _gemma(cfg: dict[str, Any], arch: str, every: Any, qk_norm: bool) -> dict[str, Any]:
+    window = cfg.get("sliding_window")
+    return _dense(cfg, arch, activation="geglu", tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                  norm_placement="sandwich", qk_norm=qk_norm, sliding_window=window,
+                  full_attention_every=_window_every(cfg, every) if window else None)
+
+
+def _qwen3(cfg: dict[str, Any]) -> dict[str, Any]:
+    if cfg.get("use_sliding_window"):
+        raise SpecError("model: Qwen3ForCausalLM with use_sliding_window=true is not supported (windows on the "
+                        "layers from max_window_layers on are not modelled)")
+    return _dense(cfg, "Qwen3ForCausalLM", activation="swiglu", qk_norm=True,
+                  tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+
+
+def _olmo2(cfg: dict[str, Any]) -> dict[str, Any]:
+    return _dense(cfg, "Olmo2ForCausalLM", activation="swiglu", qk_norm=True, qk_norm_scope="projection",
+                  norm_placement="post", tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+
+
+def _phi3(cfg: dict[str, Any]) -> dict[str, Any]:
+    drop = any(cfg.get(k) for k in ("resid_pdrop", "embd_pdrop", "attention_dropout"))
+    return _dense(cfg, "Phi3ForCausalLM", activation="swiglu", sliding_window=cfg.get("sliding_window"),
+                  tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), dropout=drop)
+
+
+#: Builders of the dense architectures beyond Llama/GPT (issue 16 item 6); the MoE ones go in their own table.
+DENSE_BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "NemotronForCausalLM": _nemotron,
+    "Gemma2ForCausalLM": lambda c: _gemma(c, "Gemma2ForCausalLM", every=2, qk_norm=False),
+    "Gemma3ForCausalLM": lambda c: _gemma(c, "Gemma3ForCausalLM", every=c.get("sliding_window_pattern", 6),
+                                          qk_norm=True),
+    "Qwen3ForCausalLM": _qwen3,
+    "Olmo2ForCausalLM": _olmo2,
+    "Phi3ForCausalLM": _phi3,
+}
+
+
+#: config.json ``architectures`` name -> ModelSpec fields.
+BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "LlamaForCausalLM": lambda c: _llama_like(c, "none"),
+    "MistralForCausalLM": lambda c: _llama_like(c, "none") | {"sliding_window": c.get("sliding_window")},
+    "Qwen2ForCausalLM": lambda c: _llama_like(c, "qkv"),
+    "GPT2LMHeadModel": _gpt2,
+    "GPTNeoXForCausalLM": _neox,
+} | DENSE_BUILDERS
+SUPPORTED: tuple[str, ...] = tuple(BUILDERS)
+
+
 def from_hf_config(cfg: dict[str, Any], name: str = "hf-model") -> ModelSpec:
     """Translate a Hugging Face config dict; raises :class:`SpecError` for unsupported architectures."""
     archs = cfg.get("architectures") or []
@@ -74,16 +199,9 @@ def from_hf_config(cfg: dict[str, Any], name: str = "hf-model") -> ModelSpec:
     if moe_keys:
         raise SpecError(f"model: {arch} is a mixture-of-experts model ({moe_keys[0]}={cfg[moe_keys[0]]});"
                         f" only dense models are supported ({', '.join(SUPPORTED)})")
-    builders = {
-        "LlamaForCausalLM": lambda c: _llama_like(c, "none"),
-        "MistralForCausalLM": lambda c: _llama_like(c, "none"),
-        "Qwen2ForCausalLM": lambda c: _llama_like(c, "qkv"),
-        "GPT2LMHeadModel": _gpt2,
-        "GPTNeoXForCausalLM": _neox,
-    }
-    if not isinstance(arch, str) or arch not in builders:
+    if not isinstance(arch, str) or arch not in BUILDERS:
         raise SpecError(f"model: unsupported architecture {arch!r} (allowed: {', '.join(SUPPORTED)})")
-    fields = builders[arch](cfg)
+    fields = BUILDERS[arch](cfg)
     try:
         return ModelSpec.model_validate({"name": name, **fields})
     except ValidationError as e:

@@ -16,9 +16,10 @@ Attention core. With a fused kernel (FlashAttention-2/-3, cuDNN, CK: the first o
 peak, eff(s, d) = e · s/(s + k_seq) · [d/(d + k_d)] / [128/(128 + k_d)], separately for forward and
 backward (GPUSpec.attention, from the FlashAttention-2/-3 papers' benchmarks). Causal masking skips the
 tiles above the diagonal, so the kernel does half the s² work; its backward runs five matmuls to the
-forward's two (recomputing the probabilities), 2.5× the forward FLOPs (Dao 2023, §3.2). Without a fused
-kernel (``flash_attention: false`` or none described) the core is two batched GEMMs over the full s×s
-scores at the GEMM curve, the causal mask applied to the materialised scores (no work saved), backward 2×.
+forward's two (recomputing the probabilities), 2.5× the forward FLOPs (Dao 2023, §3.2). A fused kernel the
+GPU profile does not describe (CPU ranks: PyTorch's own flash kernel) skips the causal half at the GEMM
+curve, backward 2×. Without a fused kernel (``flash_attention: false``) the core is two batched GEMMs over
+the full s×s scores at the GEMM curve, the causal mask applied to the materialised scores (no work saved).
 
 fp8 (Transformer Engine, torchao float8; the stack must support it): linear GEMMs — forward, data and
 weight gradients — run at the fp8 peak on their own curve (``fp8_gemm_eff_max``, ``fp8_gemm_k_dim``: fp8
@@ -31,13 +32,19 @@ Precision: fp32 training runs its GEMMs on TF32 tensor cores (PyTorch's and Mega
 ``torch.backends.cuda.matmul.allow_tf32``), so it uses the 'tf32' peak.
 
 Element-wise work (norms, activation function, bias-dropout-residual, rotary, casts) is memory-bound:
-GPUSpec.elementwise_bytes_per_token_hidden · h bytes per token per layer in forward for eager PyTorch,
-times the stack's ``elementwise_factor`` (kernel fusion), at hbm_gbps; backward moves twice as much.
-Without sequence parallelism the norms and the bias-dropout-residual blocks run replicated on every
-tensor-parallel rank (Korthikanti et al. 2022, §4.2.2); only the activation function is sharded. Their
-share is counted from the tensors each touches: two norms 4h, two bias-dropout-adds 2·(3h + h/2 mask),
-activation 2f (GELU) or 3f (SwiGLU). Without FlashAttention the fused scale-mask-softmax (read 2 + write 2
-bytes) and attention dropout (read 2 + write 2 + mask 1) add 9 bytes per score (4 without dropout).
+GPUSpec.elementwise_bytes_per_token_hidden · h bytes per token per layer in forward for eager PyTorch
+(bf16; fp32 doubles it), times the stack's ``elementwise_factor`` (kernel fusion), at hbm_gbps; backward
+moves twice as much. Without sequence parallelism the norms and the bias-dropout-residual blocks
+run replicated on every tensor-parallel rank (Korthikanti et al. 2022, §4.2.2); only the activation
+function is sharded. Their share is counted from the tensors each touches (elements read + written):
+two norms 4h, two bias-dropout-adds 2·(3h + h/2 mask), activation 2f (GELU, squared ReLU) or 3f (SwiGLU,
+GeGLU). Shapes beyond that add to ``elementwise_bytes_per_token_hidden · h`` (fitted on two-norm models)
+the elements they read and write: 2h per extra hidden-width norm (Gemma's sandwich has four) and
+2·(q_dim + kv_dim) for q/k norms, the latter inside the tensor-parallel region. Without
+FlashAttention the fused scale-mask-softmax (read 2 + write 2 bytes) and attention dropout (read 2 +
+write 2 + mask 1) add 9 bytes per score (4 without dropout), a·s scores per token; with FlashAttention
+the scores never leave on-chip memory and causal masking skips the tiles above the diagonal: half the
+core, or outside the band of a sliding window (``ModelSpec.attention_keys(s, causal=True)``).
 
 Host time: ``GPUSpec.layer_overhead_us`` (+ ``tp_layer_overhead_us`` when tp > 1) per layer per
 micro-batch, forward + backward, is added (on CPU ranks the issuing thread does the work itself;
@@ -117,22 +124,30 @@ def activation_dtype_bytes(precision: str) -> float:
     return 4.0 if precision == "fp32" else 2.0
 
 
+def _extra_elements(model: ModelSpec) -> tuple[float, float]:
+    """Elements read + written per token beyond a two-norm layer: (outside, inside) the tensor-parallel region."""
+    outside = 2.0 * model.hidden * (model.norms_per_layer - 2)
+    inside = 2.0 * (model.q_dim + model.kv_dim) if model.qk_norm else 0.0
+    return outside, inside
+
+
 def replicated_share(model: ModelSpec) -> float:
     """Share of element-wise traffic outside the tensor-parallel region (norms, dropout, residual)."""
     h, f = model.hidden, model.ffn
-    outside = 4 * h + 2 * (3 * h + (0.5 * h if model.dropout else 0.0))
-    inside = (3 if model.activation == "swiglu" else 2) * f
+    extra_out, extra_in = _extra_elements(model)
+    outside = 4 * h + 2 * (3 * h + (0.5 * h if model.dropout else 0.0)) + extra_out
+    inside = (3 if model.mlp_matrices == 3 else 2) * f + extra_in
     return outside / (outside + inside)
 
 
 def _fp8_cast_elements(model: ModelSpec, tp: Any, tokens: Any) -> tuple[Any, Any]:
     """(forward, backward) elements quantised to fp8 per layer per micro-batch on one rank: the four GEMMs'
     inputs and weights in forward, their output gradients in backward."""
-    h, f, kvd = model.hidden, model.ffn, model.n_kv_heads * model.head_dim
-    mlp_out = (2 if model.activation == "swiglu" else 1) * f
-    weights = (model.layer_params() - 2 * model.norm_params()) / tp
-    fwd = tokens * (h + h / tp + h + f / tp) + weights
-    bwd = tokens * ((h + 2 * kvd) / tp + h + mlp_out / tp + h)
+    h, f, q, kv = model.hidden, model.ffn, model.q_dim, model.kv_dim
+    mlp_out = (model.mlp_matrices - 1) * f
+    weights = (model.layer_params() - model.replicated_layer_params()) / tp
+    fwd = tokens * (h + q / tp + h + f / tp) + weights
+    bwd = tokens * ((q + 2 * kv) / tp + h + mlp_out / tp + h)
     return fwd, bwd
 
 
@@ -157,18 +172,19 @@ def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, 
     linear = tokens * layer_linear_flops(model) / tp / (lin_peak * lin_eff) + latency
     kernel = attention_kernel(gpu, stack, training)
     dense_core = tokens * attention_core_flops(model, s) / tp
+    causal = model.attention_keys(s, causal=True) / model.attention_keys(s) if training.flash_attention else 1.0
     if kernel is None:
-        core = dense_core / (core_peak * eff)
+        core = causal * dense_core / (core_peak * eff)
     else:
         fwd_eff, _ = attention_efficiency(kernel, s, model.head_dim, stack.attention_factor)
-        core = 0.5 * dense_core / (core_peak * fwd_eff)
+        core = causal * dense_core / (core_peak * fwd_eff)
     share = replicated_share(model)
     scale = np.where(L["sequence_parallel"] > 0, 1.0 / tp, share + (1.0 - share) / tp)
     dtype = activation_dtype_bytes(training.precision)
     hbm = gpu.hbm_gbps * 1e9
-    elementwise = (tokens * gpu.elementwise_bytes_per_token_hidden * stack.elementwise_factor * model.hidden
-                   * scale * dtype / 2.0 / hbm)
-    per_score = 0.0 if kernel is not None else (9.0 if model.dropout else 4.0) * dtype / 2.0
+    per_token = gpu.elementwise_bytes_per_token_hidden * model.hidden + 2.0 * sum(_extra_elements(model))
+    elementwise = tokens * per_token * stack.elementwise_factor * scale * dtype / 2.0 / hbm
+    per_score = 0.0 if training.flash_attention else (9.0 if model.dropout else 4.0) * dtype / 2.0
     softmax = tokens * per_score * model.heads * s / tp / hbm
     cast = _fp8_cast_elements(model, tp, tokens)[0] * stack.fp8_cast_bytes / hbm if fp8 else 0.0
     overhead = (gpu.layer_overhead_us + np.where(tp > 1, gpu.tp_layer_overhead_us, 0.0)) * 1e-6 / 3.0

@@ -15,9 +15,14 @@ hardware FLOPs (HFU), never in the model FLOPs. So a layout's MFU is at most the
 its kernels reaches, whatever the sequence length. (Narayanan's Table 1 counts the full s² core, 4sh; the
 reference loader converts its figures to step times with the paper's own formula.)
 
-Here the same count is taken from ModelSpec: grouped-query attention projects keys and values to
-g·d = kv_heads·head_dim columns (QKV = 2h·(h + 2gd)); SwiGLU has three h×f matrices (6hf) instead of
-two (4hf). Hardware FLOPs add recomputation: full recompute re-runs each recomputed layer's forward
+Here the same count is taken from ModelSpec: queries project to heads·d columns and keys and values to
+kv_heads·d (QKV = 2h·(q_dim + 2·kv_dim), the output projection 2·q_dim·h; q_dim = h unless head_dim is
+decoupled, as in Gemma, Qwen3 and Minitron); the gated SwiGLU and GeGLU have three h×f matrices (6hf),
+GELU and squared ReLU two (4hf). The core scores heads·d channels against the keys a layer attends to,
+4·keys·heads·d per token: s keys in a full layer, min(s, w) in a sliding-window one, averaged over the
+layer pattern (``ModelSpec.attention_keys``); the model FLOPs take the causal keys, ``attention_keys(s, causal=True)``:
+s/2 in a full layer, the band w − w²/2s in a windowed one.
+Hardware FLOPs add recomputation: full recompute re-runs each recomputed layer's forward
 (not the output layer), which turns the factor 3 into 4 and gives Narayanan's
 96·B·s·l·h²·(1 + s/6h + V/16lh); selective recompute re-runs only the attention core (4sh per token per
 layer; Korthikanti et al. 2022, §5); full recompute of ``recompute_layers`` of a stage's l/pp layers
@@ -36,7 +41,6 @@ from autotune.spec import ModelSpec, TrainingSpec
 __all__ = [
     "layer_linear_flops",
     "attention_core_flops",
-    "CAUSAL_FRACTION",
     "logit_flops",
     "recomputed_fraction",
     "iteration_flops",
@@ -44,19 +48,15 @@ __all__ = [
 
 
 def layer_linear_flops(model: ModelSpec) -> float:
-    """Forward FLOPs per token of one layer's linear layers: 2h(h + 2gd) + 2h² + (6 or 4)·h·f."""
-    h, f, kvd = model.hidden, model.ffn, model.n_kv_heads * model.head_dim
-    mlp_mats = 3 if model.activation == "swiglu" else 2
-    return 2.0 * h * (h + 2 * kvd) + 2.0 * h * h + 2.0 * mlp_mats * h * f
+    """Forward FLOPs per token of one layer's linear layers: 2h(q_dim + 2·kv_dim) + 2·q_dim·h + (6 or 4)·h·f."""
+    h, f = model.hidden, model.ffn
+    return 2.0 * h * (model.q_dim + 2 * model.kv_dim) + 2.0 * model.q_dim * h + 2.0 * model.mlp_matrices * h * f
 
 
 def attention_core_flops(model: ModelSpec, seq_len: int) -> float:
-    """Forward FLOPs per token of one layer's attention core, Q·Kᵀ and P·V over s keys: 4·s·h."""
-    return 4.0 * seq_len * model.hidden
-
-
-CAUSAL_FRACTION = 0.5
-"""Share of the s×s attention scores a causal decoder needs (the lower triangle)."""
+    """Forward FLOPs per token of one layer's attention core, Q·Kᵀ and P·V: 4·keys·heads·d (4·s·h for a
+    full-attention model with d = h/heads), keys averaged over the layers' windows."""
+    return 4.0 * model.attention_keys(seq_len) * model.q_dim
 
 
 def logit_flops(model: ModelSpec) -> float:
@@ -76,7 +76,7 @@ def iteration_flops(model: ModelSpec, training: TrainingSpec, L: Layout) -> tupl
     Tokens per iteration are micro_batch · grad_accum · dp · seq_len.
     """
     s = training.seq_len
-    linear, core = layer_linear_flops(model), CAUSAL_FRACTION * attention_core_flops(model, s)
+    linear, core = layer_linear_flops(model), 4.0 * model.attention_keys(s, causal=True) * model.q_dim
     tokens = L["micro_batch"] * L["grad_accum"] * L["dp"] * s
     per_token = 3.0 * (model.layers * (linear + core) + logit_flops(model))
     rc = L["recompute"]

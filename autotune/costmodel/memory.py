@@ -14,7 +14,14 @@ dropout mask 1) + 19 (MLP: fc1 input 2, GELU input 8 = 2f, fc2 input 8 = 2f, dro
 with kv_heads g and head size d, K and V take 2·2·g·d instead of 2·2·h; for SwiGLU the MLP stores fc1's
 two outputs (2·2f) and fc2's input (2f) = 6f instead of 4f; without dropout the two 1-byte masks and the
 attention-dropout output (2as) vanish, so the core is 2·a·s instead of 5·a·s. Llama-3-8B (g·d = h/4,
-f = 3.5h, no dropout) lands on 34·s·b·h again by coincidence. With tp = t the QKV/projection/MLP terms
+f = 3.5h, no dropout) lands on 34·s·b·h again by coincidence. Decoupled heads (q_dim = heads·d ≠ h) store
+Q and the projection input at 2·q_dim each; GeGLU stores what SwiGLU does (6f), squared ReLU what GELU
+does (its input and fc2's input, 4f); q/k norms store their inputs (2·q_dim + 2·kv_dim) and one fp32
+rstd per normalised row (per head, or per token for OLMo 2's projection-wide norms); every extra
+hidden-width norm (Gemma's sandwich: 4 per layer) stores its 2h input beside the two of a pre-norm block
+(OLMo 2's post-norms store their 2h inputs in the same places). Sliding windows change no stored tensor:
+FlashAttention's windowed kernel saves the same Q, K, V, output and log-sum-exp.
+With tp = t the QKV/projection/MLP terms
 and the attention core divide by t; the norm inputs, the QKV and fc1 inputs and the masks (10·s·b·h in
 GPT) divide by t only with sequence parallelism — Korthikanti's s·b·h·(10 + 24/t + 5as/(ht)).
 FlashAttention (default) stores no s×s matrices, only a fp32 log-sum-exp (4·a·s·b/t); selective
@@ -77,7 +84,7 @@ def stage_params(model: ModelSpec, tp: Any, pp: Any) -> tuple[Any, Any]:
     parallel, /tp); the last holds the final norm and the output layer; with tied embeddings and
     pp > 1 the last stage keeps its own copy of the embedding matrix (Megatron-LM does).
     """
-    norms = 2 * model.norm_params()
+    norms = model.replicated_layer_params()
     per_layer = (model.layer_params() - norms) / tp + norms
     layers = model.layers / pp * per_layer
     emb = model.embedding_params() / tp
@@ -102,8 +109,11 @@ def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layo
     tokens = s_loc * L["micro_batch"]
     kv_local = model.head_dim * np.maximum(model.n_kv_heads / t, 1.0)
     mask = 1.0 if model.dropout else 0.0
-    sharded = (2 * h + 2 * h) / t + 4 * kv_local + (6 * f if model.activation == "swiglu" else 4 * f) / t
-    replicated = 4 * h + 2 * h + 2 * h + 2 * mask * h
+    sharded = (2 * model.q_dim + 2 * model.q_dim) / t + 4 * kv_local + (6 * f if model.mlp_matrices == 3 else 4 * f) / t
+    if model.qk_norm:
+        rows = (model.heads / t + kv_local / model.head_dim) if model.qk_norm_scope == "head" else 2.0
+        sharded = sharded + 2 * model.q_dim / t + 2 * kv_local + 4 * rows
+    replicated = 2 * model.norms_per_layer * h + 2 * h + 2 * h + 2 * mask * h
     per_token = sharded + np.where(sp > 0, replicated / t, replicated)
     if training.flash_attention:
         core = 4.0 * a / t
@@ -156,7 +166,7 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: 
     use_first = total_first >= total_last
     weights, grads, opt, acts = (np.where(use_first, a, b) for a, b in
                                  ((w1, w2), (g1, g2), (o1, o2), (act_first, act_last)))
-    norms = 2 * model.norm_params()
+    norms = model.replicated_layer_params()
     layer_local = (model.layer_params() - norms) / L["tp"] + norms
     w_bytes = 4.0 if training.precision == "fp32" else 2.0
     prefetch = resolve_stack(training.stack).fsdp_prefetch

@@ -30,6 +30,7 @@ from autotune.errors import InfeasibleConfig
 from autotune.export.base import check_exportable
 from autotune.export.launch import Flag, deepspeed_launcher, render_script, rope_base, vocab_divisor
 from autotune.export.megatron import batch_flags, parallel_flags, precision_flags, recompute_flags, shape_flags
+from autotune.export.model_shapes import require_model_supported
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 __all__ = ["DeepSpeedExporter", "ds_config", "launch_script", "model_flags", "check_model", "DEEPSPEED_VERSION"]
@@ -84,10 +85,12 @@ def ds_config(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -> 
 
 
 def check_model(model: ModelSpec) -> None:
-    """Raise InfeasibleConfig for q/k/v-only biases (Megatron-DeepSpeed has no ``--add-qkv-bias``)."""
+    """Raise InfeasibleConfig for q/k/v-only biases (Megatron-DeepSpeed has no ``--add-qkv-bias``) and for the
+    shapes :mod:`autotune.export.model_shapes` lists."""
     if model.bias == "qkv":
         raise InfeasibleConfig("deepspeed: bias=qkv is not supported (Megatron-DeepSpeed has biases on every"
                                " linear layer or on none: no --add-qkv-bias)")
+    require_model_supported("deepspeed", model)
 
 
 def model_flags(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -> list[Flag]:

@@ -3,7 +3,8 @@
 Targets Megatron-LM core_v0.19.0 (``megatron/training/arguments.py``: flag names and ``validate_args``).
 The script sets ``CUDA_DEVICE_MAX_CONNECTIONS=1`` when tp or cp > 1 (``validate_args`` asserts it on GPUs
 before Blackwell, and the TP/CP communication overlap relies on one hardware queue), then runs
-``torchrun --nnodes N --nproc-per-node G pretrain_gpt.py`` with the model shape (RoPE base included),
+``torchrun --nnodes N --nproc-per-node G pretrain_gpt.py`` with the model shape (RoPE base included; a
+decoupled head_dim as ``--kv-channels``, squared ReLU, q/k norms and sliding windows as their flags),
 the vocabulary, the layout, batch, recompute and precision flags.
 
 The vocabulary is exact: ``--tokenizer-type NullTokenizer --vocab-size V --mock-data`` (megatron.core's
@@ -19,6 +20,7 @@ from __future__ import annotations
 from autotune.config import ParallelConfig
 from autotune.export.base import check_exportable
 from autotune.export.launch import Flag, render_script, rope_base, torchrun_launcher, vocab_divisor
+from autotune.export.model_shapes import require_model_supported
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 __all__ = [
@@ -46,11 +48,13 @@ def shape_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
         ("--ffn-hidden-size", model.ffn),
         ("--seq-length", training.seq_len),
         ("--max-position-embeddings", max(model.max_seq_len, training.seq_len)),
-    ]
+    ] + ([("--kv-channels", model.head_dim)] if model.head_dim * model.heads != model.hidden else [])
 
 
 def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
-    """Model shape flags (GPT model of Megatron-LM), RoPE base included."""
+    """Model shape flags (GPT model of Megatron-LM), RoPE base included; raises InfeasibleConfig for a shape
+    it cannot build (:mod:`autotune.export.model_shapes`)."""
+    require_model_supported("megatron", model)
     flags = shape_flags(model, training)
     if model.position_embedding == "rope":
         flags += [("--position-embedding-type", "rope"), ("--rotary-base", rope_base("megatron", model))]
@@ -61,6 +65,14 @@ def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
         flags += [("--group-query-attention", None), ("--num-query-groups", model.n_kv_heads)]
     if model.activation == "swiglu":
         flags.append(("--swiglu", None))
+    if model.activation == "relu2":
+        flags.append(("--squared-relu", None))
+    if model.qk_norm:
+        flags.append(("--qk-layernorm", None))
+    if model.sliding_window is not None:
+        flags.append(("--window-size", f"{model.sliding_window - 1},0"))  # (left, right): w-1 earlier keys
+        if model.full_attention_every is not None:
+            flags.append(("--window-attn-skip-freq", model.full_attention_every))
     if not model.tied_embeddings:
         flags.append(("--untie-embeddings-and-output-weights", None))
     if model.bias != "all":

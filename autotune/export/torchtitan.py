@@ -82,7 +82,9 @@ _RESHARD = {0: "default", 2: "never", 3: "always"}
 
 def _shape(model: ModelSpec) -> tuple[int, ...] | None:
     llama = (model.activation, model.norm, model.bias, model.position_embedding, model.tied_embeddings)
-    if llama != ("swiglu", "rmsnorm", "none", "rope", False):
+    beyond = (model.head_dim * model.heads != model.hidden, model.qk_norm, model.norm_placement != "pre",
+              model.sliding_window is not None)
+    if llama != ("swiglu", "rmsnorm", "none", "rope", False) or any(beyond):
         return None
     return (model.layers, model.hidden, model.heads, model.n_kv_heads, model.ffn, model.vocab, model.rope_theta)
 

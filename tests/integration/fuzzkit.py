@@ -59,6 +59,15 @@ BASE_HF: dict[str, dict[str, Any]] = {
                         "n_positions": 1024},
     "GPTNeoXForCausalLM": {"num_hidden_layers": 8, "hidden_size": 1024, "num_attention_heads": 16,
                            "intermediate_size": 4096, "vocab_size": 50432, "max_position_embeddings": 2048},
+    "Gemma3ForCausalLM": {"num_hidden_layers": 6, "hidden_size": 1152, "num_attention_heads": 4,
+                          "num_key_value_heads": 1, "head_dim": 256, "intermediate_size": 6912, "vocab_size": 32000,
+                          "sliding_window": 512, "sliding_window_pattern": 6,
+                          "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
+    "NemotronForCausalLM": {"num_hidden_layers": 8, "hidden_size": 1024, "num_attention_heads": 12, "head_dim": 128,
+                            "num_key_value_heads": 4, "intermediate_size": 4096, "vocab_size": 32000,
+                            "attention_bias": False, "mlp_bias": False},
+    "Olmo2ForCausalLM": {"num_hidden_layers": 8, "hidden_size": 1024, "num_attention_heads": 16,
+                         "intermediate_size": 4096, "vocab_size": 32000, "rope_parameters": {"rope_theta": 5e5}},
 }
 BASE_SPACE: dict[str, Any] = {
     "name": "fuzzspace", "framework": "any",

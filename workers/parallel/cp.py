@@ -27,6 +27,8 @@ def check_cp(spec: ModelSpec, cp_mesh: DeviceMesh, device: torch.device) -> None
     """Raise :class:`UnsupportedLayout` unless context parallelism really runs here for ``spec``."""
     if spec.position_embedding == "learned":
         raise UnsupportedLayout("context parallelism with a learned position table (needs RoPE positions)")
+    if spec.sliding_window is not None:
+        raise UnsupportedLayout("context parallelism with sliding-window layers (the ring attention has no window)")
     n = 4 * cp_mesh.size()
     q = torch.ones(1, 1, n, 8, device=device)
     try:

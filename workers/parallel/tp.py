@@ -31,10 +31,14 @@ def check_tp(spec: ModelSpec, tp: int) -> None:
         raise UnsupportedLayout(
             f"tp={tp} does not divide kv_heads={spec.n_kv_heads}: replicating kv heads is not implemented"
         )
+    if tp > 1 and spec.qk_norm and spec.qk_norm_scope == "projection":
+        raise UnsupportedLayout(f"tp={tp} with q/k norms over the whole projections (OLMo 2): the norm would need"
+                                " the statistics of every rank's heads")
 
 
-def _block_plan(sp: bool) -> dict[str, object]:
-    """Plan of one transformer block; ``sp`` adds sequence-parallel norms and input re-layouts."""
+def _block_plan(sp: bool, block: nn.Module) -> dict[str, object]:
+    """Plan of one transformer block; ``sp`` adds sequence-parallel norms and input re-layouts (the norms
+    ``block`` has: pre-norms feed the sub-layers, post-norms return local shards for the residual add)."""
     between = Shard(1) if sp else Replicate()
     plan: dict[str, object] = {
         "attention.wq": ColwiseParallel(),
@@ -54,8 +58,10 @@ def _block_plan(sp: bool) -> dict[str, object]:
             "feed_forward": PrepareModuleInput(
                 input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
             ),
+            "attention_post_norm": SequenceParallel(use_local_output=True),
+            "ffn_post_norm": SequenceParallel(use_local_output=True),
         }
-    return plan
+    return {name: style for name, style in plan.items() if getattr(block, name.split(".")[0], None) is not None}
 
 
 def apply_tp(chunk: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool) -> None:
@@ -72,7 +78,7 @@ def apply_tp(chunk: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool) 
         top["output"] = ColwiseParallel(input_layouts=between, output_layouts=Replicate())
     parallelize_module(chunk, tp_mesh, top)
     for block in chunk.layers.values():
-        plan = _block_plan(sequence_parallel)
+        plan = _block_plan(sequence_parallel, block)
         if block.feed_forward.w3 is not None:
             plan["feed_forward.w3"] = ColwiseParallel()
         parallelize_module(block, tp_mesh, plan)
