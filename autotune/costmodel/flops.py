@@ -27,6 +27,14 @@ Hardware FLOPs add recomputation: full recompute re-runs each recomputed layer's
 96·B·s·l·h²·(1 + s/6h + V/16lh); selective recompute re-runs only the attention core (4sh per token per
 layer; Korthikanti et al. 2022, §5); full recompute of ``recompute_layers`` of a stage's l/pp layers
 re-runs that fraction of the layers.
+
+Mixture of experts: an MoE layer counts the FLOPs a token actually runs — the router (2·h·E), its k routed
+experts and the shared experts (2·(3 or 2)·h·f_e each) — not the idle experts, so model FLOPs and MFU are
+active-parameter FLOPs (the convention of the DeepSeek-V3 and Megatron-LM MoE throughput reports:
+6·N_active·tokens plus attention). :func:`layer_linear_flops` is the mean over the model's dense and MoE
+layers, so per-layer compute time is the active layer's on average. Multi-head latent attention (DeepSeek-V2)
+counts its down/up projections (2 FLOPs per weight) and a core of 2·s·a·(qk + v): Q·Kᵀ over nope + rope dims,
+P·V over v dims.
 """
 
 from __future__ import annotations
@@ -41,22 +49,51 @@ from autotune.spec import ModelSpec, TrainingSpec
 __all__ = [
     "layer_linear_flops",
     "attention_core_flops",
+    "causal_core_flops",
     "logit_flops",
     "recomputed_fraction",
     "iteration_flops",
 ]
 
 
+def _mlp_flops(model: ModelSpec, width: int) -> float:
+    return 2.0 * model.mlp_matrices * model.hidden * width
+
+
 def layer_linear_flops(model: ModelSpec) -> float:
-    """Forward FLOPs per token of one layer's linear layers: 2h(q_dim + 2·kv_dim) + 2·q_dim·h + (6 or 4)·h·f."""
+    """Forward FLOPs per token of one layer's linear layers: 2h(q_dim + 2·kv_dim) + 2·q_dim·h + (6 or 4)·h·f
+    (MLA: twice its projections' weights); for an MoE model the mean over its layers of the active ones
+    (router + k routed + shared experts in MoE layers)."""
     h, f = model.hidden, model.ffn
-    return 2.0 * h * (model.q_dim + 2 * model.kv_dim) + 2.0 * model.q_dim * h + 2.0 * model.mlp_matrices * h * f
+    if model.is_mla:
+        latent_norms = (model.q_lora_rank or 0) + (model.kv_lora_rank or 0)
+        attn = 2.0 * (model.mla_params() - latent_norms * (2 if model.norm == "layernorm" else 1))
+    else:
+        attn = 2.0 * h * (model.q_dim + 2 * model.kv_dim) + 2.0 * model.q_dim * h
+    dense = attn + _mlp_flops(model, f)
+    if not model.is_moe:
+        return dense
+    moe = (attn + 2.0 * h * model.experts + model.experts_per_token * _mlp_flops(model, model.expert_ffn)
+           + model.shared_experts * _mlp_flops(model, model.shared_expert_ffn))
+    return ((model.layers - model.moe_layers) * dense + model.moe_layers * moe) / model.layers
 
 
 def attention_core_flops(model: ModelSpec, seq_len: int) -> float:
     """Forward FLOPs per token of one layer's attention core, Q·Kᵀ and P·V: 4·keys·heads·d (4·s·h for a
-    full-attention model with d = h/heads), keys averaged over the layers' windows."""
-    return 4.0 * model.attention_keys(seq_len) * model.q_dim
+    full-attention model with d = h/heads; MLA: 2·keys·a·(qk_nope + qk_rope + v)), keys averaged over the
+    layers' windows, every key of a full layer counted (Narayanan's convention)."""
+    keys = model.attention_keys(seq_len)
+    if model.is_mla:
+        qk = (model.qk_nope_head_dim or 0) + (model.qk_rope_head_dim or 0)
+        return 2.0 * keys * model.heads * (qk + (model.v_head_dim or 0))
+    return 4.0 * keys * model.q_dim
+
+
+def causal_core_flops(model: ModelSpec, seq_len: int) -> float:
+    """The attention core's FLOPs per token a causal model needs: the keys inside the causal mask
+    (``attention_keys(s, causal=True)``: s/2 in a full layer), the count model FLOPs and MFU use."""
+    return attention_core_flops(model, seq_len) * model.attention_keys(seq_len, causal=True) / model.attention_keys(
+        seq_len)
 
 
 def logit_flops(model: ModelSpec) -> float:
@@ -76,7 +113,7 @@ def iteration_flops(model: ModelSpec, training: TrainingSpec, L: Layout) -> tupl
     Tokens per iteration are micro_batch · grad_accum · dp · seq_len.
     """
     s = training.seq_len
-    linear, core = layer_linear_flops(model), 4.0 * model.attention_keys(s, causal=True) * model.q_dim
+    linear, core = layer_linear_flops(model), causal_core_flops(model, s)
     tokens = L["micro_batch"] * L["grad_accum"] * L["dp"] * s
     per_token = 3.0 * (model.layers * (linear + core) + logit_flops(model))
     rc = L["recompute"]
