@@ -135,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nLOGO: {within_logo}/{len(runs)} within ±10 %, worst group median |error| {100 * worst_logo:.1f} %")
     print(f"\nplain: {within}/{len(runs)} within ±10 % ({100 * within / len(runs):.0f} %), worst group median "
           f"|error| {100 * worst:.1f} %   [{time.perf_counter() - t0:.0f} s]")
+    result = f"RESULT within_share={within / len(runs):.4f} worst_group_median={worst:.4f}"
+    if args.logo:
+        result += f" logo_within_share={within_logo / len(runs):.4f} logo_worst_group_median={worst_logo:.4f}"
+    print(result)
     return 0
 
 

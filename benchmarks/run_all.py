@@ -60,6 +60,9 @@ BENCHES = [
         Figure("best_share_max", "share of the space to reach 1 % of the optimum (best sampler, worst study)",
                "<=", 0.03, "{:.2%}"),
         Figure("random_over_best_min", "random / best sampler evaluations (worst study)", ">=", 5, "{:.1f}x")]),
+    Bench("fidelity_published", ["--logo"], [], [
+        Figure("within_share", "published runs within ±10 % of step time (226)", ">=", 0.80, "{:.0%}"),
+        Figure("worst_group_median", "worst group's median |error|", "<=", 0.15, "{:.1%}")]),
     Bench("search_time", [], ["--repeat", "1"], [
         Figure("search_wall_s_max", "Galvatron's question end to end, s (megatron and fsdp spaces, worst)", "<=", 3.5,
                "{:.2f}"),
