@@ -5,28 +5,29 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from autotune.errors import SpecError, StorageError
+from autotune.errors import StorageError
 from autotune.overrides import spec_with_overrides
-from autotune.results.best import best_report, fidelity_labels
-from autotune.results.render import console, layout_summary, print_best, print_trials
+from autotune.results.best import best_report
+from autotune.results.render import console, print_best, print_trials
+from autotune.results.trials import SORT_KEYS, check_filters, sort_rows, table_row, trial_item
 from autotune.search.objectives import objective_for
-from autotune.spec import FIDELITIES, SAMPLERS, StudySpec, parse_spec
-from autotune.store.profiles import load_profile
+from autotune.spec import FIDELITIES, SAMPLERS, parse_spec
 from autotune.store.storage import Storage
 from autotune.study.plan import StudyPlan, plan_study
 from autotune.study.run import run_study
 from autotune.study.run_options import Progress as StudyProgress
-from autotune.study.run_options import RunOptions
+from autotune.study.run_options import RunOptions, options_for
+from autotune.study.submission import plan_submission, preflight
 
 __all__ = ["submit_cmd", "resume_cmd", "best_cmd", "studies_cmd", "trials_cmd"]
 
 STORAGE_HELP = "SQLAlchemy URL [default: $AUTOTUNE_STORAGE or sqlite:///autotune.db]."
+SERVER_HELP = "Talk to this `autotune serve` URL instead of a storage (token from $AUTOTUNE_TOKEN)."
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -46,12 +47,6 @@ def _run(plan: StudyPlan, store: Storage, options: RunOptions, create: bool, qui
             bar.update(task, completed=p.done, total=p.total, best=best, infeasible=p.infeasible)
 
         return run_study(plan, store, options, create=create, on_progress=update)
-
-
-def _options(spec: StudySpec, ray_address: str | None, use_cache: bool) -> RunOptions:
-    s = spec.search
-    return RunOptions(n_trials=s.n_trials, timeout_s=s.timeout_s, sampler=s.sampler, evaluator=s.final_evaluator,
-                      workers=s.workers, seed=s.seed, ray_address=ray_address, use_cache=use_cache)
 
 
 def _finish(storage: Storage, plan: StudyPlan, progress: StudyProgress, elapsed: float, json_out: bool) -> None:
@@ -91,20 +86,16 @@ def submit_cmd(
     data = spec_with_overrides(spec, {
         "name": name, "search.n_trials": n_trials, "search.timeout_s": timeout, "search.sampler": sampler,
         "search.evaluator": evaluator, "search.workers": workers, "search.seed": seed})
-    study_spec = parse_spec(data)
-    ref = profile or study_spec.cluster.profile
-    gpu = load_profile(ref, storage) if ref else None
-    if gpu is not None:  # pin the exact version in the stored spec, for resume, report and export
-        study_spec = study_spec.model_copy(update={"cluster": study_spec.cluster.model_copy(
-            update={"profile": gpu.name})})
-    plan = plan_study(study_spec, gpu=gpu, storage=storage)
+    plan = plan_submission(data, storage, profile)
+    preflight(plan)
+    study_spec = plan.spec
     store = Storage(storage)
     exists = store.study_spec(study_spec.name) is not None
     if exists and not resume:
         raise StorageError(f"name: study {study_spec.name!r} already exists in {store.display_url} "
                            "(use --resume, `autotune resume`, or another --name)")
     start = time.monotonic()
-    progress = _run(plan, store, _options(study_spec, ray_address, cache), not exists, quiet or json_out)
+    progress = _run(plan, store, options_for(study_spec.search, ray_address, cache), not exists, quiet or json_out)
     _finish(store, plan, progress, time.monotonic() - start, json_out)
 
 
@@ -127,7 +118,7 @@ def resume_cmd(
     study_spec = parse_spec(saved)
     plan = plan_study(study_spec, storage=store.url)
     start = time.monotonic()
-    progress = _run(plan, store, _options(study_spec, ray_address, True), False, quiet or json_out)
+    progress = _run(plan, store, options_for(study_spec.search, ray_address), False, quiet or json_out)
     _finish(store, plan, progress, time.monotonic() - start, json_out)
 
 
@@ -174,9 +165,6 @@ def studies_cmd(
     console.print(table)
 
 
-SORT_KEYS = ("trial", "tokens_per_s", "step_time_s", "memory", "mfu")
-
-
 def trials_cmd(
     study: str = typer.Argument(..., help="Study name."),
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
@@ -187,28 +175,11 @@ def trials_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List a study's evaluations."""
-    from autotune.evaluation import STATUSES
-
-    if status is not None and status not in STATUSES:
-        raise SpecError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
-    if sort not in SORT_KEYS:
-        raise SpecError(f"sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    check_filters(status, sort)
     store = Storage(storage, create=False)
     _objective(store, study)
-    rows = store.evaluations(study, status=status)
-
-    def key(r: Any) -> float:
-        m = r.metrics
-        return {"trial": r.trial, "tokens_per_s": -(m.get("tokens_per_s") or 0.0),
-                "step_time_s": m.get("step_time_s") or float("inf"),
-                "memory": (m.get("memory_gib") or {}).get("total", float("inf")), "mfu": -(m.get("mfu") or 0.0)}[sort]
-
-    rows = sorted(rows, key=key)[:limit]
+    items = [trial_item(r) for r in sort_rows(store.evaluations(study, status=status), sort)[:limit]]
     if json_out:
-        typer.echo(json.dumps([{"trial": r.trial, "status": r.status, "fidelity": r.fidelity,
-                                **fidelity_labels(r.fidelity, r.metrics), "config": r.layout, "reason": r.reason,
-                                "cached": r.cached, "wall_s": r.wall_s, "host": r.host, "metrics": r.metrics}
-                               for r in rows], indent=2))
+        typer.echo(json.dumps(items, indent=2))
     else:
-        print_trials(study, [(r.trial, r.status, fidelity_labels(r.fidelity, r.metrics), layout_summary(r.layout)
-                              if "dp" in r.layout else str(r.layout), r.metrics, r.reason) for r in rows])
+        print_trials(study, [table_row(i) for i in items])
