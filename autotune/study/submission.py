@@ -12,12 +12,12 @@ from autotune.study.plan import StudyPlan, plan_study
 __all__ = ["plan_submission", "preflight"]
 
 
-def plan_submission(data: dict[str, Any], storage: str | None, profile: str | None = None) -> StudyPlan:
+def plan_submission(data: dict[str, Any], storage: str | None) -> StudyPlan:
     """Validate ``data`` (a spec mapping, overrides applied) and plan the study; a stored calibrated profile
-    (``profile``, else ``cluster.profile``) is pinned to its exact version in the plan's spec, for resume,
+    (``cluster.profile``, NAME or NAME@V) is pinned to its exact version in the plan's spec, for resume,
     report and export. Raises :class:`autotune.errors.SpecError` / :class:`~autotune.errors.StorageError`."""
     spec = parse_spec(data)
-    ref = profile or spec.cluster.profile
+    ref = spec.cluster.profile
     gpu = load_profile(ref, storage) if ref else None
     if gpu is not None:
         spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"profile": gpu.name})})
