@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from autotune.commands import calibrate, estimate, export, report, study
+from autotune.commands import calibrate, estimate, export, report, serve, study
 
 __all__ = ["register"]
 
@@ -21,3 +21,4 @@ def register(app: typer.Typer) -> None:
     app.command("report")(report.report_cmd)
     app.command("calibrate")(calibrate.calibrate_cmd)
     app.add_typer(calibrate.profiles_app, name="profiles")
+    app.command("serve")(serve.serve_cmd)

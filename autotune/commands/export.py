@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from autotune.commands.study import STORAGE_HELP
+from autotune.commands.study import SERVER_HELP, STORAGE_HELP
 from autotune.config import DERIVED_FIELDS, ParallelConfig, derive, layout_kwargs
 from autotune.errors import InfeasibleConfig, SpecError
 from autotune.export import EXPORTERS, get_exporter, launch_script
@@ -21,7 +21,7 @@ from autotune.spec import ClusterSpec, StudySpec, parse_spec
 from autotune.store.storage import EvaluationRecord, Storage
 from autotune.study.resolve import Problem, resolve
 
-__all__ = ["export_cmd", "load_layout"]
+__all__ = ["export_cmd", "export_texts", "load_layout"]
 
 #: ParallelConfig fields :func:`derive` computes; the stored values must agree.
 
@@ -72,6 +72,7 @@ def export_cmd(
         None, "--launcher", help="deepspeed: write the launch script here [default: FILE with the suffix .sh]."),
     force: bool = typer.Option(False, "--force", help="deepspeed: overwrite an existing launch script."),
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    server: str | None = typer.Option(None, help=SERVER_HELP),
 ) -> None:
     """Write a trial's layout as a Megatron-LM, DeepSpeed or torchtitan launch configuration.
 
@@ -81,15 +82,19 @@ def export_cmd(
     FILE with the suffix .sh (ds_config.json -> ds_config.sh, whose --deepspeed_config names FILE); an
     existing launch script is kept unless --force.
     """
-    exporter = get_exporter(fmt)
+    get_exporter(fmt)
     if launcher is not None and fmt != "deepspeed":
         raise SpecError(f"launcher: only the deepspeed format writes a separate launch script (got --format {fmt})")
     if launcher is not None and output is None:
         raise SpecError("launcher: --launcher needs --output for the ds_config.json it names")
-    store = Storage(storage, create=False)
-    problem, cluster, cfg, _ = load_layout(store, study, trial)
-    text = exporter.render(problem.model, problem.training, cluster, cfg)
-    if fmt != "deepspeed":
+    config_path = str(output) if output else "ds_config.json"
+    if server:
+        from autotune.service.client import Client
+
+        text, script = Client.from_env(server).export(study, fmt, trial, config_path)
+    else:
+        text, script = export_texts(Storage(storage, create=False), study, fmt, trial, config_path)
+    if script is None:
         _emit(output, text)
         return
     script_path = launcher or (output.with_suffix(".sh") if output else None)
@@ -97,13 +102,24 @@ def export_cmd(
         raise SpecError(f"output: {output} would be overwritten by the launch script; use a .json name")
     if script_path is not None and script_path.exists() and not force:
         raise SpecError(f"launcher: {script_path} exists; pass --force to overwrite it or --launcher PATH")
-    script = launch_script(problem.model, problem.training, cluster, cfg, str(output) if output else "ds_config.json")
     if output is None:
         typer.echo(text, nl=False)
         typer.echo(script, err=True, nl=False)
         return
     _write(output, text)
     _write(script_path, script, f" (launch script for {output})")
+
+
+def export_texts(store: Storage, study: str, fmt: str, trial: int | None,
+                 config_path: str = "ds_config.json") -> tuple[str, str | None]:
+    """A stored trial's launch configuration in format ``fmt`` (default: the best layout) and, for deepspeed,
+    the Megatron-DeepSpeed launch script whose ``--deepspeed_config`` names ``config_path`` (else None)."""
+    exporter = get_exporter(fmt)
+    problem, cluster, cfg, _ = load_layout(store, study, trial)
+    text = exporter.render(problem.model, problem.training, cluster, cfg)
+    if fmt != "deepspeed":
+        return text, None
+    return text, launch_script(problem.model, problem.training, cluster, cfg, config_path)
 
 
 def _emit(output: Path | None, text: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,61 +13,91 @@ import optuna
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from autotune.errors import SpecError, StorageError
+from autotune.errors import StorageError
 from autotune.overrides import spec_with_overrides
-from autotune.results.best import best_report, fidelity_labels
-from autotune.results.render import console, layout_summary, print_best, print_trials
+from autotune.results.best import best_report
+from autotune.results.render import console, print_best, print_trials
+from autotune.results.trials import SORT_KEYS, check_filters, sort_rows, table_row, trial_item
 from autotune.search.objectives import objective_for
-from autotune.spec import FIDELITIES, SAMPLERS, StudySpec, parse_spec
-from autotune.store.profiles import load_profile
+from autotune.spec import FIDELITIES, SAMPLERS, parse_spec
 from autotune.store.storage import Storage
-from autotune.study.plan import StudyPlan, plan_study
+from autotune.study.plan import StudyPlan, enumerates, plan_study
 from autotune.study.run import run_study
 from autotune.study.run_options import Progress as StudyProgress
-from autotune.study.run_options import RunOptions
+from autotune.study.run_options import RunOptions, options_for
+from autotune.study.submission import plan_submission, preflight
 
 __all__ = ["submit_cmd", "resume_cmd", "best_cmd", "studies_cmd", "trials_cmd"]
 
 STORAGE_HELP = "SQLAlchemy URL [default: $AUTOTUNE_STORAGE or sqlite:///autotune.db]."
+SERVER_HELP = "Talk to this `autotune serve` URL instead of a storage (token from $AUTOTUNE_TOKEN)."
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _run(plan: StudyPlan, store: Storage, options: RunOptions, create: bool, quiet: bool) -> StudyProgress:
+@contextmanager
+def _bar(name: str, unit: str, total: int | None, quiet: bool) -> Iterator[Callable[[StudyProgress], None] | None]:
+    """The progress bar's update function (None when ``quiet``)."""
     if quiet:
-        return run_study(plan, store, options, create=create)
-    unit = plan.objective.keys[0]
+        yield None
+        return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("best {task.fields[best]}"), TextColumn("infeasible {task.fields[infeasible]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(plan.spec.name, total=None if plan.enumerates else options.n_trials, best="-",
-                            infeasible=0)
+        task = bar.add_task(name, total=total, best="-", infeasible=0)
 
         def update(p: StudyProgress) -> None:
             best = "-" if p.best is None else f"{p.best:,.4g} {unit}"
             bar.update(task, completed=p.done, total=p.total, best=best, infeasible=p.infeasible)
 
+        yield update
+
+
+def _run(plan: StudyPlan, store: Storage, options: RunOptions, create: bool, quiet: bool) -> StudyProgress:
+    total = None if plan.enumerates else options.n_trials
+    with _bar(plan.spec.name, plan.objective.keys[0], total, quiet) as update:
         return run_study(plan, store, options, create=create, on_progress=update)
 
 
-def _options(spec: StudySpec, ray_address: str | None, use_cache: bool) -> RunOptions:
-    s = spec.search
-    return RunOptions(n_trials=s.n_trials, timeout_s=s.timeout_s, sampler=s.sampler, evaluator=s.final_evaluator,
-                      workers=s.workers, seed=s.seed, ray_address=ray_address, use_cache=use_cache)
-
-
-def _finish(storage: Storage, plan: StudyPlan, progress: StudyProgress, elapsed: float, json_out: bool) -> None:
-    report = best_report(storage, plan.spec.name, plan.objective)
+def _finish(report: dict[str, Any], whole: bool, progress: StudyProgress, elapsed: float, where: str,
+            json_out: bool) -> None:
+    """Print what ``submit`` / ``resume`` end with: the best report as JSON, or a summary line and the report."""
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
-    if plan.enumerates:
+    if whole:
         console.print(f"{progress.done:,} layouts scored in {elapsed:.1f} s ({progress.cached:,} already stored, "
-                      f"{progress.infeasible:,} rejected) -> {storage.display_url}")
+                      f"{progress.infeasible:,} rejected) -> {where}")
     else:
         console.print(f"{progress.done} trials in {elapsed:.1f} s ({progress.cached} from cache, "
-                      f"{progress.infeasible} infeasible, {progress.failed} failed) -> {storage.display_url}")
+                      f"{progress.infeasible} infeasible, {progress.failed} failed) -> {where}")
     print_best(report)
+
+
+def _finish_local(store: Storage, plan: StudyPlan, progress: StudyProgress, elapsed: float, json_out: bool) -> None:
+    report = best_report(store, plan.spec.name, plan.objective)
+    _finish(report, plan.enumerates, progress, elapsed, store.display_url, json_out)
+
+
+def _submit_remote(server: str, data: dict[str, Any], resume: bool, quiet: bool, json_out: bool) -> None:
+    """``submit --server``: the server runs the study; its progress streams into the same bar and summary."""
+    from autotune.service.client import Client, ServerError
+
+    spec = parse_spec(data)
+    client = Client.from_env(server)
+    start = time.monotonic()
+    name = client.submit(data, resume)["name"]
+    total = None if enumerates(spec.search) else spec.search.n_trials
+    with _bar(name, objective_for(spec).keys[0], total, quiet or json_out) as update:
+        final = client.follow(name, None if update is None else
+                              lambda s: s.get("progress") and update(StudyProgress(**s["progress"])))
+    if final["state"] == "failed":
+        raise ServerError(final["error"] or f"study: {name!r} failed on {server}")
+    if final["state"] != "completed":
+        raise ServerError(f"study: {name!r} was {final['state']} on {server}")
+    progress = StudyProgress(**(final["progress"] or {"done": final["done"]}))
+    _finish(client.best(name), enumerates(spec.search), progress, time.monotonic() - start,
+            f"{client.url}/api/v1/studies/{name}", json_out)
 
 
 def submit_cmd(
@@ -86,26 +118,26 @@ def submit_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the best layout as JSON."),
     profile: str | None = typer.Option(None, help="Score with this stored calibrated profile (NAME or NAME@V) "
                                                   "instead of cluster.gpu's."),
+    server: str | None = typer.Option(None, help=SERVER_HELP),
 ) -> None:
     """Run a tuning study and print the best layout that fits."""
     data = spec_with_overrides(spec, {
         "name": name, "search.n_trials": n_trials, "search.timeout_s": timeout, "search.sampler": sampler,
-        "search.evaluator": evaluator, "search.workers": workers, "search.seed": seed})
-    study_spec = parse_spec(data)
-    ref = profile or study_spec.cluster.profile
-    gpu = load_profile(ref, storage) if ref else None
-    if gpu is not None:  # pin the exact version in the stored spec, for resume, report and export
-        study_spec = study_spec.model_copy(update={"cluster": study_spec.cluster.model_copy(
-            update={"profile": gpu.name})})
-    plan = plan_study(study_spec, gpu=gpu, storage=storage)
+        "search.evaluator": evaluator, "search.workers": workers, "search.seed": seed, "cluster.profile": profile})
+    if server:
+        _submit_remote(server, data, resume, quiet, json_out)
+        return
+    plan = plan_submission(data, storage)
+    preflight(plan)
+    study_spec = plan.spec
     store = Storage(storage)
     exists = store.study_spec(study_spec.name) is not None
     if exists and not resume:
         raise StorageError(f"name: study {study_spec.name!r} already exists in {store.display_url} "
                            "(use --resume, `autotune resume`, or another --name)")
     start = time.monotonic()
-    progress = _run(plan, store, _options(study_spec, ray_address, cache), not exists, quiet or json_out)
-    _finish(store, plan, progress, time.monotonic() - start, json_out)
+    progress = _run(plan, store, options_for(study_spec.search, ray_address, cache), not exists, quiet or json_out)
+    _finish_local(store, plan, progress, time.monotonic() - start, json_out)
 
 
 def resume_cmd(
@@ -127,8 +159,8 @@ def resume_cmd(
     study_spec = parse_spec(saved)
     plan = plan_study(study_spec, storage=store.url)
     start = time.monotonic()
-    progress = _run(plan, store, _options(study_spec, ray_address, True), False, quiet or json_out)
-    _finish(store, plan, progress, time.monotonic() - start, json_out)
+    progress = _run(plan, store, options_for(study_spec.search, ray_address), False, quiet or json_out)
+    _finish_local(store, plan, progress, time.monotonic() - start, json_out)
 
 
 def _objective(store: Storage, study: str):
@@ -140,10 +172,16 @@ def best_cmd(
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
     top: int = typer.Option(5, min=0, help="Runners-up to show."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    server: str | None = typer.Option(None, help=SERVER_HELP),
 ) -> None:
     """The fastest layout that fits, its breakdowns, the runners-up and why they lost."""
-    store = Storage(storage, create=False)
-    report = best_report(store, study, _objective(store, study), top=top)
+    if server:
+        from autotune.service.client import Client
+
+        report = Client.from_env(server).best(study, top)
+    else:
+        store = Storage(storage, create=False)
+        report = best_report(store, study, _objective(store, study), top=top)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -153,9 +191,15 @@ def best_cmd(
 def studies_cmd(
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    server: str | None = typer.Option(None, help=SERVER_HELP),
 ) -> None:
     """List the studies in the database."""
-    rows = Storage(storage, create=False).studies()
+    if server:
+        from autotune.service.client import Client
+
+        rows = [s["record"] for s in Client.from_env(server).studies() if s["record"] is not None]
+    else:
+        rows = Storage(storage, create=False).studies()
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -174,9 +218,6 @@ def studies_cmd(
     console.print(table)
 
 
-SORT_KEYS = ("trial", "tokens_per_s", "step_time_s", "memory", "mfu")
-
-
 def trials_cmd(
     study: str = typer.Argument(..., help="Study name."),
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
@@ -185,30 +226,19 @@ def trials_cmd(
     sort: str = typer.Option("trial", help=f"Sort key: {' | '.join(SORT_KEYS)}."),
     limit: int | None = typer.Option(None, min=1, help="At most N rows."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    server: str | None = typer.Option(None, help=SERVER_HELP),
 ) -> None:
     """List a study's evaluations."""
-    from autotune.evaluation import STATUSES
+    check_filters(status, sort)
+    if server:
+        from autotune.service.client import Client
 
-    if status is not None and status not in STATUSES:
-        raise SpecError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
-    if sort not in SORT_KEYS:
-        raise SpecError(f"sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
-    store = Storage(storage, create=False)
-    _objective(store, study)
-    rows = store.evaluations(study, status=status)
-
-    def key(r: Any) -> float:
-        m = r.metrics
-        return {"trial": r.trial, "tokens_per_s": -(m.get("tokens_per_s") or 0.0),
-                "step_time_s": m.get("step_time_s") or float("inf"),
-                "memory": (m.get("memory_gib") or {}).get("total", float("inf")), "mfu": -(m.get("mfu") or 0.0)}[sort]
-
-    rows = sorted(rows, key=key)[:limit]
-    if json_out:
-        typer.echo(json.dumps([{"trial": r.trial, "status": r.status, "fidelity": r.fidelity,
-                                **fidelity_labels(r.fidelity, r.metrics), "config": r.layout, "reason": r.reason,
-                                "cached": r.cached, "wall_s": r.wall_s, "host": r.host, "metrics": r.metrics}
-                               for r in rows], indent=2))
+        items = Client.from_env(server).evaluations(study, status, sort, limit)
     else:
-        print_trials(study, [(r.trial, r.status, fidelity_labels(r.fidelity, r.metrics), layout_summary(r.layout)
-                              if "dp" in r.layout else str(r.layout), r.metrics, r.reason) for r in rows])
+        store = Storage(storage, create=False)
+        _objective(store, study)
+        items = [trial_item(r) for r in sort_rows(store.evaluations(study, status=status), sort)[:limit]]
+    if json_out:
+        typer.echo(json.dumps(items, indent=2))
+    else:
+        print_trials(study, [table_row(i) for i in items])

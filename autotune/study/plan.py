@@ -14,10 +14,10 @@ from typing import Any
 from autotune.search.objectives import Objective, objective_for
 from autotune.search.samplers import check_sampler
 from autotune.search.space import SearchSpace, load_space
-from autotune.spec import ClusterSpec, GPUSpec, StudySpec, TrainingSpec
+from autotune.spec import ClusterSpec, GPUSpec, SearchSpec, StudySpec, TrainingSpec
 from autotune.study.resolve import Problem, resolve
 
-__all__ = ["CASE_KEYS", "Case", "StudyPlan", "plan_study"]
+__all__ = ["CASE_KEYS", "Case", "StudyPlan", "enumerates", "plan_study"]
 
 #: What distinguishes the cases of a study, as stored layouts and sampled params name it.
 CASE_KEYS = ("nodes", "global_batch")
@@ -55,8 +55,7 @@ class StudyPlan:
     def enumerates(self) -> bool:
         """Whether the study is the analytic stage alone: every layout scored in one vectorised pass (an
         ``analytic`` study whose sampler is ``auto``); otherwise the Optuna driver runs it."""
-        s = self.spec.search
-        return s.final_evaluator == "analytic" and s.sampler == "auto" and not s.fidelities
+        return enumerates(self.spec.search)
 
     def values_of(self, key: str) -> list[int]:
         """The study's values of a case key (:data:`CASE_KEYS`)."""
@@ -83,6 +82,11 @@ class StudyPlan:
         """The case a stored layout (or proposed point) belongs to."""
         return Case(nodes=layout.get("nodes", self.node_counts[0]),
                     global_batch=layout.get("global_batch", self.batch_sizes[0]))
+
+
+def enumerates(search: SearchSpec) -> bool:
+    """Whether a study with these search settings is the analytic stage alone (see :attr:`StudyPlan.enumerates`)."""
+    return search.final_evaluator == "analytic" and search.sampler == "auto" and not search.fidelities
 
 
 def plan_study(spec: StudySpec, *, gpu: GPUSpec | None = None, storage: str | None = None) -> StudyPlan:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RunOptions", "Progress"]
+if TYPE_CHECKING:
+    from autotune.spec import SearchSpec
+
+__all__ = ["RunOptions", "Progress", "options_for"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,3 +40,10 @@ class Progress:
     failed: int = 0
     storage_s: float = 0.0
     """Seconds spent reading and writing the database (Optuna mirror, evaluation rows, cache look-ups)."""
+
+
+def options_for(search: SearchSpec, ray_address: str | None, use_cache: bool = True) -> RunOptions:
+    """How ``submit``, ``resume`` and the service run a study with these search settings."""
+    return RunOptions(n_trials=search.n_trials, timeout_s=search.timeout_s, sampler=search.sampler,
+                      evaluator=search.final_evaluator, workers=search.workers, seed=search.seed,
+                      ray_address=ray_address, use_cache=use_cache)
