@@ -82,6 +82,6 @@ def static_file(filename: str) -> Response:
     """One of the page's files (``app.js``, ``style.css``); 404 for any other name."""
     found = _static().get(filename)
     if found is None:
-        raise HTTPException(404, detail={"field": "filename", "message": f"static: no file {filename!r}"})
+        raise HTTPException(404, detail=f"static: no file {filename!r}")
     body, media_type = found
     return Response(body, media_type=media_type, headers=_HEADERS)

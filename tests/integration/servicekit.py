@@ -34,10 +34,11 @@ class Server:
     token: str
     storage: str
 
-    def get(self, path: str) -> httpx.Response:
-        """``GET path`` with the token; raises on a 4xx/5xx."""
+    def get(self, path: str, ok_only: bool = True) -> httpx.Response:
+        """``GET path`` with the token; raises on a 4xx/5xx when ``ok_only``."""
         r = httpx.get(self.base + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
-        r.raise_for_status()
+        if ok_only:
+            r.raise_for_status()
         return r
 
 

@@ -33,7 +33,7 @@ function el(tag, props = {}, ...children) {
     else if (key === "dataset") Object.assign(node.dataset, value);
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -359,9 +359,12 @@ function rejected(best) {
 
 function exportsSection(name) {
   const output = el("pre", { id: "export-output", hidden: true });
+  const refused = el("p", { id: "export-error", class: "field-error", hidden: true });
   const link = el("a", { id: "export-download", hidden: true, text: "download" });
   const buttons = FRAMEWORKS().map((fw) => el("button", { type: "button", dataset: { framework: fw }, text: fw,
     onclick: async () => {
+      output.hidden = link.hidden = refused.hidden = true;
+      output.dataset.framework = refused.dataset.framework = fw;
       try {
         const res = await api(`/studies/${encodeURIComponent(name)}/export/${fw}`);
         const json = (res.headers.get("Content-Type") || "").includes("json");
@@ -373,13 +376,14 @@ function exportsSection(name) {
         link.download = `${name}-${fw}.${json ? "json" : "sh"}`;
         link.textContent = `download ${link.download}`;
         link.hidden = false;
-        notice("");
       } catch (e) {
-        report(e);
+        if (!(e instanceof ApiError)) throw e;
+        refused.textContent = e.message; // e.g. a layout the framework cannot run, named by the exporter
+        refused.hidden = false;
       }
     } }));
   return el("section", { id: "exports" }, el("h2", { text: "Export the best layout" }),
-    el("p", { class: "buttons" }, buttons, link), output);
+    el("p", { class: "buttons" }, buttons, link), refused, output);
 }
 
 async function reportSection(name, section) {
