@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import sys
 import tempfile
@@ -42,9 +43,9 @@ END_TIMEOUT_S = 600.0
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The ``q``-quantile (0..1) by the nearest rank."""
+    """The ``q``-quantile (0..1) by the nearest rank: the ceil(q·n)-th smallest value."""
     ranked = sorted(values)
-    return ranked[min(len(ranked) - 1, max(0, int(round(q * len(ranked) + 0.5)) - 1))]
+    return ranked[max(0, math.ceil(q * len(ranked)) - 1)]
 
 
 class Load:
@@ -53,7 +54,7 @@ class Load:
     def __init__(self, base: str, token: str, names: list[str], deadline: float, max_requests: int) -> None:
         self.base, self.names, self.deadline, self.max_requests = base, names, deadline, max_requests
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.latencies: list[float] = []
+        self.latencies: dict[str, list[float]] = {}
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.submitted: list[str] = []
@@ -66,7 +67,7 @@ class Load:
         except httpx.HTTPError as e:
             self.errors[f"{kind}: {type(e).__name__}"] += 1
             return None
-        self.latencies.append(time.perf_counter() - start)
+        self.latencies.setdefault(kind, []).append(time.perf_counter() - start)
         self.calls[kind] += 1
         if not r.is_success:
             self.errors[f"{kind}: HTTP {r.status_code} {r.text[:120]}"] += 1
@@ -157,11 +158,14 @@ async def main_async(args: argparse.Namespace, server: servicekit.Server) -> Non
                            for i in range(args.clients)))
     wall = time.monotonic() - start
     total = sum(load.calls.values())
-    p50, p99 = percentile(load.latencies, 0.50) * 1e3, percentile(load.latencies, 0.99) * 1e3
+    every = [x for values in load.latencies.values() for x in values]
+    p50, p99 = percentile(every, 0.50) * 1e3, percentile(every, 0.99) * 1e3
     errors = sum(load.errors.values())
     print(f"{args.clients} clients, {wall:.1f} s: {total:,} requests, {total / wall:,.1f} requests/s, "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, {errors} errors")
-    print("  requests by endpoint: " + ", ".join(f"{k} {v:,}" for k, v in sorted(load.calls.items())))
+    for kind, values in sorted(load.latencies.items()):
+        print(f"  {kind:12s} {len(values):6,} requests  p50 {percentile(values, 0.5) * 1e3:8.1f} ms  "
+              f"p99 {percentile(values, 0.99) * 1e3:8.1f} ms")
     for what, n in load.errors.most_common(10):
         print(f"  error x{n}: {what}")
     states = await wait_ended(server.base, server.token, names)
