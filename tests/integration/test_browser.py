@@ -214,11 +214,22 @@ def test_user_strings_are_not_executed(server: servicekit.Server, browser) -> No
     w.submit(json.dumps(bad, indent=2))
     w.page.wait_for_selector("#spec-error:not([hidden])")
     assert w.page.get_attribute("#spec-error", "data-field") == "cluster.gpu"
+    # the error sits under the spec and the spec's line of that field is selected
+    selected = w.page.evaluate("(() => { const a = document.querySelector('#spec'); "
+                               "return a.value.slice(a.selectionStart, a.selectionEnd); })()")
+    assert selected.strip().startswith('"gpu": ')
     assert w.page.evaluate(XSS_CHECK)
 
+    # the study page opened while the study runs follows it over the event stream to the end
     w.submit(json.dumps(spec, indent=2))
-    w.wait_completed("xss-check")
+    w.page.wait_for_url("**/?submitted=xss-check")
+    streams = []
+    w.page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
     w.open("/studies/xss-check")
+    w.page.wait_for_selector("#study-state")
+    assert w.page.get_attribute("#study-state", "data-state") in ("queued", "running")
+    w.page.wait_for_selector("#study-state[data-state=completed]", timeout=STUDY_TIMEOUT_MS)
+    assert streams == [f"{server.base}/api/v1/studies/xss-check/events"]
     w.page.wait_for_selector("#estimate-command")
     assert json.dumps(PAYLOAD)[1:-1] in w.page.text_content("#estimate-command")
     frame = w.report_frame()

@@ -183,14 +183,15 @@ async function listView(view) {
 }
 
 // ---- view: the submit form ----
-// The line of a dotted field path (``training.global_batch.0``) in a YAML text: each key is looked for after
-// the line of its parent, as a block key or inside a flow mapping; list indices are skipped.
+// The line of a dotted field path (``training.global_batch.0``) in a YAML (or JSON) text: each key, bare or
+// quoted, is looked for after the line of its parent, as a block key or inside a flow mapping; list indices
+// are skipped.
 function fieldLine(text, field) {
   const lines = text.split("\n");
   let at = -1;
   for (const key of (field || "").split(".")) {
     if (/^\d+$/.test(key)) continue;
-    const pattern = new RegExp(`(^|[\\s{,])${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\s*:`);
+    const pattern = new RegExp(`(^|[\\s{,])(["']?)${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\2\\s*:`);
     const found = lines.findIndex((line, i) => i > at && pattern.test(line.replace(/#.*$/, "")));
     if (found < 0) break;
     at = found;
