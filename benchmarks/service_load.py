@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import math
 import random
+import secrets
 import sys
 import tempfile
 import time
@@ -148,11 +149,11 @@ def exactly_once(storage: str, states: dict[str, dict]) -> dict[str, str]:
     return problems
 
 
-async def main_async(args: argparse.Namespace, server: servicekit.Server) -> None:
+async def main_async(args: argparse.Namespace, base: str, token: str, storage: str) -> None:
     template = yaml.safe_load(QUICKSTART.read_text())
     names = [f"load-{i}" for i in range(args.studies)]
     deadline = time.monotonic() + args.duration_s
-    load = Load(server.base, server.token, names, deadline, args.max_requests)
+    load = Load(base, token, names, deadline, args.max_requests)
     start = time.monotonic()
     await asyncio.gather(*(load.client(i, dict(template, name=names[i]) if i < args.studies else None)
                            for i in range(args.clients)))
@@ -168,9 +169,9 @@ async def main_async(args: argparse.Namespace, server: servicekit.Server) -> Non
               f"p99 {percentile(values, 0.99) * 1e3:8.1f} ms")
     for what, n in load.errors.most_common(10):
         print(f"  error x{n}: {what}")
-    states = await wait_ended(server.base, server.token, names)
+    states = await wait_ended(base, token, names)
     print(f"submitted {len(load.submitted)} of {args.studies} studies; final states from the API, rows from storage:")
-    problems = exactly_once(server.storage, states)
+    problems = exactly_once(storage, states)
     exact = sum(1 for p in problems.values() if not p)
     print(f"RESULT requests_per_s={total / wall:.1f} p50_ms={p50:.1f} p99_ms={p99:.1f} errors={errors} "
           f"requests={total} studies={args.studies} studies_exact={exact} studies_wrong={args.studies - exact}")
@@ -187,8 +188,14 @@ def main() -> None:
     if not 0 < args.studies <= args.clients:
         ap.error(f"--studies: {args.studies} must be between 1 and --clients ({args.clients})")
     flags = ["--max-concurrent-studies", str(args.studies), "--max-studies-per-token", str(args.studies)]
-    with tempfile.TemporaryDirectory() as tmp, servicekit.serve(Path(tmp), *flags, storage=args.storage) as server:
-        asyncio.run(main_async(args, server))
+    token = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = args.storage or f"sqlite:///{tmp}/service.db"
+        server = servicekit.start(Path(tmp), storage, *flags, env={"AUTOTUNE_TOKENS": token})
+        try:
+            asyncio.run(main_async(args, server.url, token, storage))
+        finally:
+            servicekit.kill(server)
 
 
 if __name__ == "__main__":

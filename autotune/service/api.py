@@ -325,7 +325,7 @@ def export(name: str, framework: str, request: Request, trial: int | None = None
     try:
         text, script = export_texts(app_state.storage, name, framework, trial, config_path)
     except InfeasibleConfig as e:
-        raise ApiError(404 if trial is None else 422, str(e)) from e
+        raise ApiError(404 if "has no layout that fits" in str(e) else 422, str(e)) from e
     if part == "launch":
         return PlainTextResponse(script or "", media_type="text/x-shellscript")
     return PlainTextResponse(text, media_type="application/json" if framework == "deepspeed" else

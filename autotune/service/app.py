@@ -23,7 +23,8 @@ from autotune.store.storage import Storage
 
 __all__ = ["create_app"]
 
-log = logging.getLogger("autotune.service")
+log = logging.getLogger("uvicorn.error")
+"""uvicorn's own logger: its lines go where the server's go."""
 
 
 def _api_error(_: Request, e: ApiError) -> JSONResponse:

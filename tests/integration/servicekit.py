@@ -1,86 +1,102 @@
-"""A real ``autotune serve`` on loopback for tests: a free port, a fresh SQLite file, one bearer token.
+"""A real ``autotune serve`` (uvicorn) on 127.0.0.1 in a subprocess, for the service tests.
 
-:func:`serve` starts ``python -m autotune serve`` as a child process (the worktree's code: PYTHONPATH is
-passed on), waits for ``GET /api/v1/health`` and stops the server (SIGTERM, then SIGKILL) on exit.
+:func:`start` picks a free port, starts ``python -m autotune serve`` in its own process group with the
+given flags and environment (stdout and stderr captured to a log file), and polls ``/api/v1/health``
+(bounded: :data:`START_S`). :func:`kill` ends the group: SIGTERM then SIGKILL (``hard``: SIGKILL at
+once, as a crash), bounded. The log is kept for assertions (no token or password in it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-__all__ = ["Server", "serve", "free_port"]
+__all__ = ["Server", "START_S", "start", "kill", "free_port", "wait_state"]
 
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
+START_S = 60.0
+"""Longest wait for the server's health endpoint."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Server:
-    """A running server: its base URL, the token it accepts and its storage URL."""
+    """A running server: its URL, process and log file."""
 
-    base: str
-    token: str
-    storage: str
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    args: list[str]
+    env: dict[str, str]
 
-    def get(self, path: str, ok_only: bool = True) -> httpx.Response:
-        """``GET path`` with the token; raises on a 4xx/5xx when ``ok_only``."""
-        r = httpx.get(self.base + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
-        if ok_only:
-            r.raise_for_status()
-        return r
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api/v1"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def serve(workdir: Path, *flags: str, storage: str | None = None) -> Iterator[Server]:
-    """Run the server in ``workdir`` (its log, and its SQLite file unless ``storage`` names a database, live
-    there) with extra CLI ``flags``."""
-    port, token = free_port(), secrets.token_urlsafe(24)
-    storage = storage or f"sqlite:///{workdir / 'service.db'}"
-    env = dict(os.environ, AUTOTUNE_TOKENS=token)
-    log = (workdir / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "autotune", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--storage", storage, *flags], cwd=workdir, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"autotune serve exited {proc.returncode}: {(workdir / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"autotune serve did not answer in {START_TIMEOUT_S:.0f} s")
-            time.sleep(0.3)
-        yield Server(base, token, storage)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+def start(tmp: Path, storage: str, *flags: str, env: dict[str, str] | None = None, port: int | None = None) -> Server:
+    """Start a server on a free loopback port and wait for its health endpoint."""
+    port = port or free_port()
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--storage", storage, *flags]
+    full_env = {k: v for k, v in os.environ.items() if k not in ("AUTOTUNE_TOKENS", "AUTOTUNE_TOKEN")}
+    full_env |= env or {}
+    log = tmp / f"server-{port}-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "autotune", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=full_env, start_new_session=True, stdin=subprocess.DEVNULL)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, args, full_env)
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {server.log_text()[-2000:]}")
+        try:
+            if httpx.get(f"{server.api}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    kill(server, hard=True)
+    raise RuntimeError(f"server did not answer /health within {START_S} s: {server.log_text()[-2000:]}")
+
+
+def kill(server: Server, hard: bool = False) -> None:
+    """End the server's process group (SIGKILL at once when ``hard``), waiting at most 20 s."""
+    for sig in ([] if hard else [signal.SIGTERM]) + [signal.SIGKILL]:
+        try:
+            os.killpg(server.proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            server.proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if server.proc.poll() is None:
+        server.proc.wait(timeout=10)
+
+
+def wait_state(api: str, name: str, states: tuple[str, ...], headers: dict[str, str] | None = None,
+               timeout_s: float = 120.0) -> dict:
+    """Poll a study's state until it is one of ``states`` (bounded); returns it."""
+    deadline, state = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{api}/studies/{name}", headers=headers, timeout=10).json()
+        if state.get("state") in states:
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"{name} did not reach {states} in {timeout_s} s: {state}")

@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -60,10 +63,27 @@ def _chromium() -> str:
     return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
 
 
+@dataclass(frozen=True)
+class Service:
+    """The server under test: its base URL and the token it accepts."""
+
+    base: str
+    token: str
+
+    def get(self, path: str, ok_only: bool = True) -> httpx.Response:
+        """``GET path`` with the token; raises on a 4xx/5xx when ``ok_only``."""
+        r = httpx.get(self.base + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        if ok_only:
+            r.raise_for_status()
+        return r
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[servicekit.Server]:
-    with servicekit.serve(tmp_path_factory.mktemp("service")) as s:
-        yield s
+def server(tmp_path_factory) -> Iterator[Service]:
+    tmp, token = tmp_path_factory.mktemp("service"), secrets.token_urlsafe(24)
+    proc = servicekit.start(tmp, f"sqlite:///{tmp / 'service.db'}", env={"AUTOTUNE_TOKENS": token})
+    yield Service(proc.url, token)
+    servicekit.kill(proc)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +156,7 @@ class Watched:
         return frame
 
 
-def test_submit_quickstart_and_read_the_study(server: servicekit.Server, browser, tmp_path: Path) -> None:
+def test_submit_quickstart_and_read_the_study(server: Service, browser, tmp_path: Path) -> None:
     w = Watched(browser, server.base)
     w.set_token(server.token)
     w.submit(example="quickstart")
@@ -199,7 +219,7 @@ def test_submit_quickstart_and_read_the_study(server: servicekit.Server, browser
         shutil.copyfile(shot, os.environ["AUTOTUNE_SCREENSHOT_OUT"])
 
 
-def test_user_strings_are_not_executed(server: servicekit.Server, browser) -> None:
+def test_user_strings_are_not_executed(server: Service, browser) -> None:
     """A model name with markup is shown as text (the reproduce command carries it) and never runs, on the
     study page and in the report frame; a 422 for a GPU name with markup runs none of it either."""
     spec = yaml.safe_load(QUICKSTART.read_text())
