@@ -88,6 +88,12 @@ BENCHES = [
     Bench("fuzz_inputs", [], ["--examples", "200"], [
         Figure("fuzz_examples", "fuzzed inputs", ">=", 200, "{:.0f}"),
         Figure("fuzz_other", "inputs that crashed or left the DB changed", "==", 0, "{:.0f}")]),
+    Bench("service_load", [], ["--duration-s", "20", "--studies", "4"], [
+        Figure("errors", "HTTP errors, 32 clients on loopback mixing reads with submitted studies", "==", 0,
+               "{:.0f}"),
+        Figure("studies_wrong", "submitted studies not completed exactly once", "==", 0, "{:.0f}"),
+        Figure("requests_per_s", "requests/s served (reported; no target in issue 18)", ">=", 0, "{:,.0f}"),
+        Figure("p99_ms", "p99 request latency, ms (reported; no target in issue 18)", ">=", 0, "{:,.0f}")]),
 ]
 
 

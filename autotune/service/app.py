@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from autotune import __version__
 from autotune.errors import AutotuneError
-from autotune.service import api
+from autotune.service import api, pages
 from autotune.service.api import ApiError, error_body, from_autotune
 from autotune.service.runner import Runner
 from autotune.service.runs import Runs
@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Submit tuning studies, watch them run and take the best parallel layout.")
     app.state.settings = settings
     app.include_router(api.router)
+    app.include_router(pages.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(AutotuneError, _autotune_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
