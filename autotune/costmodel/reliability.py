@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from autotune.costmodel.layout import Layout
-from autotune.costmodel.memory import GIB, model_state_bytes, stage_params
+from autotune.costmodel.memory import GIB, largest_stage_params, model_state_bytes
 from autotune.spec import ModelSpec, ReliabilitySpec, TrainingSpec
 
 __all__ = ["RELIABILITY_KEYS", "EXPECTED_KEYS", "checkpoint_bytes", "young_daly_interval_s", "daly_goodput",
@@ -62,11 +62,9 @@ def checkpoint_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
     Weights plus optimizer states of the larger pipeline stage's rank, sharded by ``tp``, ``pp`` and ZeRO
     ``zero`` over ``dp_shard`` exactly as the memory model shards them; gradients are not saved.
     """
-    first, last = stage_params(model, L["tp"], L["pp"])
-    w1, _, o1 = model_state_bytes(first, L["zero"], L["dp_shard"], training)
-    w2, _, o2 = model_state_bytes(last, L["zero"], L["dp_shard"], training)
+    w1, _, o1 = model_state_bytes(largest_stage_params(model, L), L["zero"], L["dp_shard"], training)
     w, _, o = model_state_bytes(model.param_count(), 0, 1, training)
-    return np.maximum(w1 + o1, w2 + o2), w + o
+    return w1 + o1, w + o
 
 
 def young_daly_interval_s(stall_s: Any, mtbf_s: Any) -> Any:

@@ -1,8 +1,10 @@
 """Step time of one optimizer step: the analytic model that scores a layout (scalar or vectorised).
 
-The slowest pipeline stage (the last: its l/pp layers plus the output layer) sets the pace. Per
-micro-batch it spends t_mb = compute (forward + 2× backward) + recompute + exposed TP + exposed CP
-communication; a step runs m = grad_accum micro-batches, so
+The slowest pipeline stage sets the pace: evenly split the last (its l/pp layers plus the output layer);
+with uneven stages (:mod:`autotune.pipeline`) the first, a middle or the last stage, each timed with its
+own layer count (``slowest_stage`` says which: 0, 1 or p − 1). Per micro-batch it spends
+t_mb = compute (forward + 2× backward) + recompute + exposed TP + exposed CP communication; a step
+runs m = grad_accum micro-batches, so
 
     step = m·t_mb + bubble + p2p + exposed DP/ZeRO communication + optimizer,
     bubble = (p−1)/v · t_mb     (1F1B: fraction (p−1)/m of the busy time; interleaved: (p−1)/(v·m)),
@@ -39,9 +41,10 @@ from autotune.costmodel.comm import (
     tp_message_bytes,
 )
 from autotune.costmodel.compute import activation_dtype_bytes, layer_forward_times, logits_forward_time, peak_flops
-from autotune.costmodel.flops import iteration_flops, recomputed_fraction
+from autotune.costmodel.flops import iteration_flops, stage_recomputed_fraction
 from autotune.costmodel.layout import Layout
-from autotune.costmodel.memory import model_state_bytes, stage_params
+from autotune.costmodel.memory import largest_stage_params, model_state_bytes
+from autotune.pipeline import stage_layers
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 
 __all__ = ["TP_OVERLAP", "BUCKET_PARAMS", "BREAKDOWN", "dp_comm_exposed", "optimizer_time", "step_time"]
@@ -80,8 +83,7 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     stage + 1 (embedding, norm and output) calls per collective. Negligible at GPU link latencies of
     microseconds; not on CPU ranks, where a call costs a millisecond.
     """
-    first, last = stage_params(model, L["tp"], L["pp"])
-    psi = np.maximum(first, last)
+    psi = largest_stage_params(model, L)
     gb = 4.0 if training.precision == "fp32" or training.grad_buffers == "fp32" else 2.0
     pb = activation_dtype_bytes(training.precision)
     zero, m = L["zero"], L["grad_accum"]
@@ -93,7 +95,7 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     frac = np.minimum(1.0, BUCKET_PARAMS / psi)
     ogr, opg = L["overlap_grad_reduce"], L["overlap_param_gather"]
     replica_ar = all_reduce(psi * gb / n, reps, rep_bw, rep_lat)
-    shard_lat = shard_lat * np.where(zero >= 3, model.layers / L["pp"] + 1.0, 1.0)
+    shard_lat = shard_lat * np.where(zero >= 3, np.maximum.reduce(stage_layers(model.layers, L)) + 1.0, 1.0)
     rs = reduce_scatter(psi * gb, n, shard_bw, shard_lat)
     ag = all_gather(psi * pb, n, shard_bw, shard_lat)
     low = _hide(rs + replica_ar, win_bwd, ogr, frac) + _hide(ag, win_fwd, opg, frac)
@@ -107,26 +109,28 @@ def optimizer_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: La
     """Memory-bound optimizer step, seconds: each rank updates Ψ/n parameters (n = dp_shard under
     ZeRO ≥ 1), reading and writing the optimizer states (fp32 master + moments), reading the gradient
     and writing the working weights."""
-    first, last = stage_params(model, L["tp"], L["pp"])
-    psi = np.maximum(first, last) / np.where(L["zero"] >= 1, L["dp_shard"], 1)
+    psi = largest_stage_params(model, L) / np.where(L["zero"] >= 1, L["dp_shard"], 1)
     w, g, o = model_state_bytes(1.0, 0, 1, training)
     return psi * (2.0 * o + g + w) / (gpu.hbm_gbps * 1e9)
 
 
 def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_node: int, L: Layout, *,
               order: str = "tp-cp-dp-pp") -> dict[str, Any]:
-    """Time breakdown (seconds per optimizer step, keys :data:`BREAKDOWN`), ``step_time_s``,
+    """Time breakdown (seconds per optimizer step, keys :data:`BREAKDOWN`), ``step_time_s``, ``slowest_stage``,
     ``tokens_per_s``, ``model_flops``/``hw_flops`` (per iteration, whole cluster), per-GPU
     ``tflops_per_gpu``/``hw_tflops_per_gpu``, ``mfu`` and ``hfu`` for layout ``L`` (ints or arrays)."""
     tp, pp, cp, v, m = L["tp"], L["pp"], L["cp"], L["vpp"], L["grad_accum"]
     dtype = activation_dtype_bytes(training.precision)
     tokens = L["micro_batch"] * training.seq_len / cp
-    n_layers = model.layers / pp
+    shape = np.broadcast_shapes(*(np.shape(x) for x in L.values()))
+    # Axis 0 runs over the first, a middle and the last pipeline stage; only the last has the output layer.
+    n_layers = np.stack([np.broadcast_to(n, shape) for n in stage_layers(model.layers, L)])
+    on_last = np.array([0.0, 0.0, 1.0]).reshape((3,) + (1,) * len(shape))
     t = layer_forward_times(model, training, gpu, L)
     fwd_layer = t["linear"] + t["core"] + t["elementwise"] + t["softmax"] + t["overhead"]
-    fwd_mb = n_layers * fwd_layer + logits_forward_time(model, training, gpu, L)
+    fwd_mb = n_layers * fwd_layer + on_last * logits_forward_time(model, training, gpu, L)
     rc = L["recompute"]
-    full = np.where(rc == 2, recomputed_fraction(model, L), 0.0)
+    full = np.where(rc == 2, stage_recomputed_fraction(L["recompute_layers"], n_layers), 0.0)
     recompute_mb = n_layers * (full * fwd_layer + np.where(rc == 1, t["core"] + t["softmax"], 0.0))
     sp = spans(L, order)
 
@@ -144,6 +148,12 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     cp_mb = n_layers * passes * np.maximum(ring - t["core"], 0.0)
 
     t_mb = 3.0 * fwd_mb + recompute_mb + tp_mb + cp_mb
+    slowest = np.where((pp > 2) & (t_mb[1] > t_mb[0]) & (t_mb[1] > t_mb[2]), 1, np.where(t_mb[0] > t_mb[2], 0, 2))
+
+    def at_slowest(x: Any) -> Any:
+        return np.where(slowest == 0, x[0], np.where(slowest == 1, x[1], x[2]))
+
+    fwd_mb, recompute_mb, tp_mb, cp_mb, t_mb = (at_slowest(x) for x in (fwd_mb, recompute_mb, tp_mb, cp_mb, t_mb))
     pp_bw, pp_lat = link(gpu, gpus_per_node, sp["pp"])
     msg = p2p(pp_message_bytes(model.hidden, tokens, tp, dtype), pp_bw, pp_lat)
     win_bwd = 2.0 * fwd_mb + recompute_mb
@@ -169,7 +179,7 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     out["hw_tflops_per_gpu"] = hw_flops / step / world / 1e12
     out["mfu"] = out["tflops_per_gpu"] * 1e12 / peak
     out["hfu"] = out["hw_tflops_per_gpu"] * 1e12 / peak
-    shape = np.broadcast_shapes(*(np.shape(x) for x in L.values()))
+    out["slowest_stage"] = np.where(slowest == 2, pp - 1, slowest)
     if shape == ():
         return {k: float(x) for k, x in out.items()}
     return {k: np.broadcast_to(np.asarray(x, dtype=float), shape).copy() for k, x in out.items()}
