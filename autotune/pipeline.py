@@ -28,6 +28,21 @@ an end stage's n layers split as evenly as possible with the shorter chunks at t
 first chunks of the first stage, the last chunks of the last stage): Megatron's account-for-embedding
 split (one layer fewer in the first virtual stage) and its explicit counts (n/vpp each) are both of that
 form. Virtual stage ``i`` lives on pipeline rank ``i mod pp`` (looped placement).
+
+How the frameworks spell a split (:func:`megatron_accounted_ends`, :func:`megatron_explicit_ok`,
+:func:`torchtitan_split`; the capability rules are :data:`autotune.search.frameworks.RULES`):
+
+- Megatron-LM core_v0.19.0 (``megatron/training/arguments.py``, ``transformer_config.py``): either
+  ``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split`` (every stage
+  n = (layers + ends) / pp, the accounted ends one fewer, n divisible by vpp), or
+  ``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers`` (each given count, and
+  the count of the stages sharing the rest, divisible by vpp); the two cannot be combined.
+- torchtitan 0.3.0 (``torchtitan/distributed/pipeline_parallel.py`` ``_get_pipeline_metadata`` and
+  ``_generate_llm_fqn_per_model_part``): ``pipeline_parallel_layers_per_stage`` c layers per virtual stage,
+  the first virtual stage ``pipeline_parallel_first_stage_less_layers`` fewer and the last
+  ``pipeline_parallel_last_stage_less_layers`` fewer (each at most c), the pp·vpp virtual stages looped
+  over the ranks. A rank's shortfall all sits in one virtual stage, so with vpp > 1 it matches the
+  chunking above only for a shortfall of at most one layer.
 """
 
 from __future__ import annotations
@@ -38,7 +53,8 @@ import numpy as np
 
 from autotune.errors import InfeasibleConfig
 
-__all__ = ["check_split", "default_split", "stage_layers", "pipeline_stage_layers", "virtual_stage_layers"]
+__all__ = ["check_split", "default_split", "has_split", "stage_layers", "pipeline_stage_layers", "virtual_stage_layers",
+           "megatron_accounted_ends", "megatron_explicit_ok", "torchtitan_split"]
 
 
 def _fail(msg: str) -> NoReturn:
@@ -108,6 +124,15 @@ def default_split(layers: int, pp: int, vpp: int) -> tuple[int | None, int | Non
           f"equal middle stages divisible by vpp={vpp} (give pp_first_layers / pp_last_layers)")
 
 
+def has_split(layers: int, pp: int, vpp: int) -> bool:
+    """Whether :func:`default_split` finds a split of ``layers`` over pp stages of vpp chunks."""
+    try:
+        default_split(layers, pp, vpp)
+    except InfeasibleConfig:
+        return False
+    return True
+
+
 def stage_layers(layers: int, L: Any) -> tuple[Any, Any, Any]:
     """Decoder layers on the first, a middle and the last pipeline stage of layout ``L`` (a mapping of
     ints or numpy arrays; ``pp_first_layers``/``pp_last_layers`` 0 = as a middle stage). The even split
@@ -133,3 +158,33 @@ def virtual_stage_layers(layers: int, pp: int, vpp: int, first: int | None, last
         even = [base + (1 if v < extra else 0) for v in range(vpp)]
         chunks.append(even[::-1] if rank == 0 and pp > 1 else even)
     return [chunks[i % pp][i // pp] for i in range(pp * vpp)]
+
+
+def megatron_accounted_ends(layers: int, pp: int, vpp: int, first: int | None, last: int | None
+                            ) -> tuple[bool, bool] | None:
+    """(embedding, loss) account-for flags of Megatron-LM that build this split, or None when none do."""
+    ends = (first is not None, last is not None)
+    extra = sum(ends)
+    if extra == 0 or (layers + extra) % (pp * vpp):
+        return None
+    n = (layers + extra) // pp
+    ok = all(count is None or count == n - 1 for count in (first, last))
+    return ends if ok else None
+
+
+def megatron_explicit_ok(layers: int, pp: int, vpp: int, first: int | None, last: int | None) -> bool:
+    """Whether Megatron-LM's first/last stage layer counts build this split (vpp divides every stage)."""
+    return all(n % vpp == 0 for n in pipeline_stage_layers(layers, pp, first, last))
+
+
+def torchtitan_split(layers: int, pp: int, vpp: int, first: int | None, last: int | None
+                     ) -> tuple[int, int, int] | None:
+    """(layers_per_stage, first_stage_less_layers, last_stage_less_layers) of torchtitan that build this
+    split with the chunking of :func:`virtual_stage_layers`, or None when they cannot."""
+    counts = pipeline_stage_layers(layers, pp, first, last)
+    c = -(-max(counts) // vpp)
+    less = (vpp * c - counts[0], vpp * c - counts[-1])
+    middle_ok = all(n == vpp * c for n in counts[1:-1])
+    if not middle_ok or not all(0 <= d <= (c if vpp == 1 else min(c, 1)) for d in less):
+        return None
+    return c, less[0], less[1]
