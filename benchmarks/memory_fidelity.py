@@ -39,6 +39,7 @@ MODELS: dict[str, tuple[ModelSpec, TrainingSpec]] = {
     "llama3-70b": (get_model("llama3-70b"), TrainingSpec(seq_len=8192, global_batch=256)),
     "gpt3-18.4b": (get_model("gpt3-18.4b").model_copy(update={"dropout": False}),
                    TrainingSpec(seq_len=2048, global_batch=256)),
+    "llama3-405b": (get_model("llama3-405b"), TrainingSpec(seq_len=8192, global_batch=256)),
 }
 # (model, gpus, layout keywords); global_batch=16 rows keep the all-forwards GPipe cases short.
 GRID: list[tuple[str, int, dict[str, Any]]] = [
@@ -91,6 +92,14 @@ GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("gpt3-18.4b", 16, dict(tp=2, zero=3, recompute="full", micro_batch=4)),
     ("gpt3-18.4b", 16, dict(tp=4, pp=4, zero=0, sequence_parallel=True, recompute="full",
                             recompute_layers=5)),
+    # Uneven pipeline stages (autotune.pipeline): 80 layers on pp 6 split 12, 14 x 4, 12; an override with a
+    # heavier middle (6, 11 x 6, 8); Llama 3.1 405B's 126 layers as Megatron accounts embedding and loss
+    # (pp 8: 15, 16 x 6, 15; pp 16: 7, 8 x 14, 7), interleaved too.
+    ("llama3-70b", 48, dict(tp=8, pp=6, zero=1, sequence_parallel=True)),
+    ("llama3-70b", 64, dict(tp=8, pp=8, pp_first_layers=6, pp_last_layers=8, zero=1, sequence_parallel=True)),
+    ("llama3-405b", 512, dict(tp=8, pp=8, zero=1, sequence_parallel=True, recompute="selective")),
+    ("llama3-405b", 512, dict(tp=8, pp=8, vpp=2, zero=1, sequence_parallel=True, recompute="selective")),
+    ("llama3-405b", 1024, dict(tp=8, pp=16, zero=1, sequence_parallel=True, recompute="selective")),
 ]
 
 
