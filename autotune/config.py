@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from autotune.errors import InfeasibleConfig
+from autotune.pipeline import check_split, default_split, pipeline_stage_layers
 from autotune.spec import ModelSpec, TrainingSpec
 
 __all__ = ["ParallelConfig", "Recompute", "RECOMPUTE_MODES", "PP_SCHEDULES", "LAYOUT_FIELDS", "DERIVED_FIELDS",
@@ -37,6 +38,10 @@ class ParallelConfig:
     """Context-parallel degree (the sequence is split over cp ranks; ring attention)."""
     vpp: int = 1
     """Virtual pipeline chunks per stage (interleaved 1F1B when > 1)."""
+    pp_first_layers: int | None = None
+    """Decoder layers on the first pipeline stage (None = as many as a middle stage; see autotune.pipeline)."""
+    pp_last_layers: int | None = None
+    """Decoder layers on the last pipeline stage (None = as many as a middle stage)."""
     zero: int = 0
     """ZeRO stage 0–3 (1 = Megatron's distributed optimizer; 3 = FSDP full sharding)."""
     dp_shard: int = 1
@@ -133,6 +138,8 @@ def derive(
     pp: int = 1,
     cp: int = 1,
     vpp: int = 1,
+    pp_first_layers: int | None = None,
+    pp_last_layers: int | None = None,
     zero: int = 0,
     dp_shard: int | None = None,
     ep: int = 1,
@@ -150,6 +157,12 @@ def derive(
 
     Expert layouts follow Megatron-LM's MoE parallel folding: tp·cp·dp = etp·ep·edp on each pipeline stage, the
     routed experts divisible by ep, each expert's MLP width by etp; a dense model keeps ep = etp = 1.
+
+    ``pp_first_layers``/``pp_last_layers`` set an uneven pipeline split; when neither is given and
+    ``layers`` is not divisible by pp·vpp, :func:`autotune.pipeline.default_split` derives them (the
+    embedding and the loss counted as one layer each where that divides, as Megatron-LM's
+    account-for-embedding/loss options do). An even split is always stored as None, None.
+
     Raises :class:`InfeasibleConfig` with the numbers when the layout cannot run.
     """
     for name, value in dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, etp=etp, micro_batch=micro_batch,
@@ -164,9 +177,10 @@ def derive(
     _check(model.heads % tp == 0, f"tp={tp} does not divide heads={model.heads}")
     kv = model.n_kv_heads
     _check(kv % tp == 0 or tp % kv == 0, f"tp={tp} and kv_heads={kv}: neither divides the other")
-    _check(model.layers % (pp * vpp) == 0,
-           f"layers={model.layers} is not divisible by pp*vpp={pp}*{vpp}={pp * vpp}")
     _check(vpp == 1 or pp > 1, f"vpp={vpp} needs pp > 1 (pp={pp})")
+    if pp_first_layers is None and pp_last_layers is None:
+        pp_first_layers, pp_last_layers = default_split(model.layers, pp, vpp)
+    pp_first_layers, pp_last_layers = check_split(model.layers, pp, vpp, pp_first_layers, pp_last_layers)
     _check(training.seq_len % cp == 0, f"cp={cp} does not divide seq_len={training.seq_len}")
     _check(training.seq_len // cp % tp == 0 or not sequence_parallel,
            f"sequence_parallel: tp={tp} does not divide the local sequence {training.seq_len // cp}")
@@ -184,13 +198,15 @@ def derive(
                f"dp_shard={shard} does not divide dp={dp}")
     if recompute_layers is not None:
         _check(recompute == "full", f"recompute_layers={recompute_layers} needs recompute='full'")
-        per_stage = model.layers // pp
+        per_stage = max(pipeline_stage_layers(model.layers, pp, pp_first_layers, pp_last_layers))
+        where = "layers/pp" if pp_first_layers is None and pp_last_layers is None else "the largest stage's layers"
         _check(1 <= recompute_layers <= per_stage,
-               f"recompute_layers={recompute_layers} must be in 1..layers/pp={per_stage}")
+               f"recompute_layers={recompute_layers} must be in 1..{where}={per_stage}")
     _check_experts(model, tp * cp * dp, f"tp*cp*dp={tp}*{cp}*{dp}", ep, etp)
     grad_accum = training.global_batch // (micro_batch * dp)
     return ParallelConfig(
-        tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, zero=zero, dp_shard=shard, ep=ep, etp=etp, micro_batch=micro_batch,
+        tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, pp_first_layers=pp_first_layers, pp_last_layers=pp_last_layers,
+        zero=zero, dp_shard=shard, ep=ep, etp=etp, micro_batch=micro_batch,
         grad_accum=grad_accum, recompute=recompute, recompute_layers=recompute_layers,  # type: ignore[arg-type]
         sequence_parallel=sequence_parallel, pp_schedule=pp_schedule,  # type: ignore[arg-type]
         tp_comm_overlap=tp_comm_overlap,

@@ -44,7 +44,8 @@ def valid_space(model, gpus: int) -> dict[str, np.ndarray]:
     L["grad_accum"] = GBS // (L["micro_batch"] * L["dp"])
     L["dp_shard"] = np.where(L["zero"] >= 1, L["dp"], 1)
     n = len(L["tp"])
-    for k, default in (("recompute_layers", 0), ("pp_schedule", 0), ("overlap_grad_reduce", 1),
+    for k, default in (("recompute_layers", 0), ("pp_first_layers", 0), ("pp_last_layers", 0), ("pp_schedule", 0),
+                       ("overlap_grad_reduce", 1),
                        ("overlap_param_gather", 1)):
         L[k] = np.full(n, default, dtype=np.int64)
     return {k: L[k] for k in FIELDS}

@@ -53,6 +53,7 @@ MODELS: dict[str, tuple[ModelSpec, TrainingSpec]] = {
     "olmo2-7b/4": (_cut("olmo2-7b", 4), TrainingSpec(seq_len=4096, global_batch=64)),
     "phi3-mini/4": (_cut("phi3-mini", 4), TrainingSpec(seq_len=4096, global_batch=64)),
     "minitron-4b/4": (_cut("minitron-4b", 4), TrainingSpec(seq_len=4096, global_batch=64)),
+    "llama3-405b": (get_model("llama3-405b"), TrainingSpec(seq_len=8192, global_batch=256)),
 }
 # (model, gpus, layout keywords); global_batch=16 rows keep the all-forwards GPipe cases short.
 GRID: list[tuple[str, int, dict[str, Any]]] = [
@@ -116,6 +117,14 @@ GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("phi3-mini/4", 8, dict(zero=1)), ("phi3-mini/4", 8, dict(tp=2, zero=1, sequence_parallel=True)),
     ("minitron-4b/4", 8, dict(zero=1)), ("minitron-4b/4", 8, dict(tp=4, zero=1, sequence_parallel=True)),
     ("minitron-4b/4", 8, dict(tp=2, zero=2, sequence_parallel=True, micro_batch=2)),
+    # Uneven pipeline stages (autotune.pipeline): 80 layers on pp 6 split 12, 14 x 4, 12; an override with a
+    # heavier middle (6, 11 x 6, 8); Llama 3.1 405B's 126 layers as Megatron accounts embedding and loss
+    # (pp 8: 15, 16 x 6, 15; pp 16: 7, 8 x 14, 7), interleaved too.
+    ("llama3-70b", 48, dict(tp=8, pp=6, zero=1, sequence_parallel=True)),
+    ("llama3-70b", 64, dict(tp=8, pp=8, pp_first_layers=6, pp_last_layers=8, zero=1, sequence_parallel=True)),
+    ("llama3-405b", 512, dict(tp=8, pp=8, zero=1, sequence_parallel=True, recompute="selective")),
+    ("llama3-405b", 512, dict(tp=8, pp=8, vpp=2, zero=1, sequence_parallel=True, recompute="selective")),
+    ("llama3-405b", 1024, dict(tp=8, pp=16, zero=1, sequence_parallel=True, recompute="selective")),
 ]
 
 

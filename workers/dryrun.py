@@ -10,9 +10,9 @@ How it runs (torchtitan's memory estimator, extended to every dimension of :clas
   embeddings on the first stage, final norm and output on the last) and replays the forwards and
   backwards of the schedule in order (:func:`~workers.dryrun_parts.schedule_order`) up to the first
   backward after the most micro-batches are in flight, then drains them. Received activations and
-  gradients are fake tensors of the p2p shapes. The first and the last pipeline rank are run and the
-  larger total is reported (the worst stage, as the analytic model does). Both are simulated from
-  global rank 0's view of one process group: the stage is set by which chunks are built.
+  gradients are fake tensors of the p2p shapes. The first and the last pipeline rank (and rank 1 when the
+  stages are uneven) are run and the largest total is reported (the worst stage, as the analytic model
+  does). Each is simulated from global rank 0's view of one process group: the stage is set by which chunks are built.
 * The real tensor + sequence parallelism, activation recomputation and FSDP (ZeRO-2/3, HSDP) of
   :mod:`workers.parallel` are applied; logits stay vocabulary-sharded (``loss_parallel``).
   DDP is not wrapped: its buckets are the gradient buffers below (``gradient_as_bucket_view``); ZeRO-1
@@ -209,7 +209,9 @@ def dry_run(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, *,
         raise UnsupportedLayout("context parallelism is not dry-run (ring attention needs a real backend)")
     if not fake and cfg.world != 1:
         raise ValueError(f"a real (fake=False) run needs world size 1, not {cfg.world}")
-    ranks = [0] if cfg.pp == 1 else [0, cfg.pp - 1]
+    uneven = cfg.pp_first_layers is not None or cfg.pp_last_layers is not None
+    # stage 1, the middle stage with the most micro-batches in flight, can decide when stages are uneven
+    ranks = [0] if cfg.pp == 1 else [0, 1, cfg.pp - 1] if uneven and cfg.pp > 2 else [0, cfg.pp - 1]
     if kernels not in ("fused", "eager"):
         raise ValueError(f"kernels={kernels!r} must be 'fused' or 'eager'")
     # A fresh process per dry run: torch keeps process-group names in caches that outlive

@@ -1,9 +1,10 @@
 """Pieces of the dry run (:mod:`workers.dryrun`): one pipeline rank's model chunks, the order in which
 its schedule runs forwards and backwards, Megatron-style mixed-precision state, and a cheap peak tracker.
 
-* :func:`build_chunks` builds only this pipeline rank's stages (its blocks; embeddings on the first
-  stage, final norm and output on the last) in the compute dtype, and applies the real tensor/sequence
-  parallelism (:func:`workers.parallel.tp.apply_tp`), recomputation and FSDP of :mod:`workers.parallel`.
+* :func:`build_chunks` builds only this pipeline rank's stages (its blocks, as many as
+  :func:`autotune.pipeline.virtual_stage_layers` gives each stage; embeddings on the first stage, final
+  norm and output on the last) in the compute dtype, and applies the real tensor/sequence parallelism
+  (:func:`workers.parallel.tp.apply_tp`), recomputation and FSDP of :mod:`workers.parallel`.
   The output layer is column-parallel with vocabulary-sharded logits (``loss_parallel``), as Megatron's
   and torchtitan's vocab-parallel cross-entropy; with tied embeddings and pp > 1 the last stage keeps its
   own output matrix (Megatron does).
@@ -34,6 +35,7 @@ from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from autotune.config import ParallelConfig
+from autotune.pipeline import virtual_stage_layers
 from autotune.spec import ModelSpec
 from workers.dryrun_kernels import fuse
 from workers.model import Transformer
@@ -52,16 +54,20 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _chunk(spec: ModelSpec, seq_len: int, stage: int, n_stages: int, dtype: torch.dtype) -> Transformer:
-    """Stage ``stage`` of ``n_stages``: ``layers / n_stages`` blocks plus the ends it owns, in ``dtype``."""
+def _chunk(spec: ModelSpec, seq_len: int, stage: int, sizes: list[int], dtype: torch.dtype) -> Transformer:
+    """Stage ``stage`` of ``len(sizes)``: its ``sizes[stage]`` blocks plus the ends it owns, in ``dtype``
+    (a stage of 0 blocks, e.g. the first virtual stage of an uneven split, keeps only its ends)."""
+    n_stages = len(sizes)
     tied = spec.tied_embeddings and n_stages == 1
-    sub = spec.model_copy(update={"layers": spec.layers // n_stages, "tied_embeddings": tied})
+    sub = spec.model_copy(update={"layers": max(sizes[stage], 1), "tied_embeddings": tied})
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         chunk = Transformer(sub, seq_len)
     finally:
         torch.set_default_dtype(previous)
+    if sizes[stage] == 0:
+        chunk.layers.clear()
     if stage > 0:
         chunk.tok_embeddings = chunk.pos_embeddings = None
     if stage < n_stages - 1:
@@ -85,12 +91,12 @@ def build_chunks(spec: ModelSpec, cfg: ParallelConfig, *, seq_len: int, precisio
                  mesh: DeviceMesh, shard_mesh: DeviceMesh, fused: bool = True) -> tuple[list[Transformer], list[int]]:
     """This pipeline rank's chunks (one, or ``vpp`` for interleaving) and their stage ids, parallelized;
     ``fused`` gives them fused-kernel storage (:func:`workers.dryrun_kernels.fuse`)."""
-    n_stages = cfg.pp * cfg.vpp
+    sizes = virtual_stage_layers(spec.layers, cfg.pp, cfg.vpp, cfg.pp_first_layers, cfg.pp_last_layers)
     ids = [pp_rank + v * cfg.pp for v in range(cfg.vpp)]
     dtype = PRECISION_DTYPES[precision]
     chunks = []
     for i in ids:
-        chunk = _chunk(spec, seq_len, i, n_stages, dtype)
+        chunk = _chunk(spec, seq_len, i, sizes, dtype)
         if fused:
             fuse(chunk)
         if cfg.tp > 1:

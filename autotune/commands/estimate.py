@@ -141,6 +141,10 @@ def estimate_cmd(
     pp: int | None = typer.Option(None, help="Pipeline-parallel degree [default: 1]."),
     cp: int | None = typer.Option(None, help="Context-parallel degree [default: 1]."),
     vpp: int | None = typer.Option(None, help="Virtual pipeline chunks per stage [default: 1]."),
+    pp_first_layers: int | None = typer.Option(None, help="Decoder layers on the first pipeline stage [default: even, "
+                                                          "or Megatron-style balanced when layers % (pp*vpp) != 0]."),
+    pp_last_layers: int | None = typer.Option(None, help="Decoder layers on the last pipeline stage [default: as "
+                                                         "--pp-first-layers]."),
     zero: int | None = typer.Option(None, help="ZeRO stage 0-3 [default: 0]."),
     dp_shard: int | None = typer.Option(None, help="ZeRO shard group size [default: dp] (< dp: HSDP)."),
     ep: int | None = typer.Option(None, help="Expert-parallel degree (MoE models; divides experts) [default: 1]."),

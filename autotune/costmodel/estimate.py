@@ -72,6 +72,7 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
     capacity = _column(mem["capacity"], n)
     fits = np.broadcast_to(np.asarray(mem["fits"], dtype=bool), (n,)).tolist()
     worst = np.broadcast_to(np.asarray(mem["worst_stage"], dtype=np.int64), (n,)).tolist()
+    slowest = np.broadcast_to(np.asarray(tm["slowest_stage"], dtype=np.int64), (n,)).tolist()
     params = model.param_count()
     steps = training.total_steps()
     rel = None
@@ -84,7 +85,8 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
             "model": model.name, "gpu": gpu.name, "stack": stack.name, "gpus": cfg.world,
             "config": cfg.to_dict() | {"dp_replicate": cfg.dp_replicate}, "params": params,
             "memory_gib": {k: memory[k][i] for k in MEMORY_KEYS}, "capacity_gib": capacity[i],
-            "fits": fits[i], "worst_stage": worst[i], "step_time_s": scalars["step_time_s"][i],
+            "fits": fits[i], "worst_stage": worst[i], "slowest_stage": slowest[i],
+            "step_time_s": scalars["step_time_s"][i],
             "time_breakdown_s": {k: breakdown[k][i] for k in TIME_KEYS},
         } | {k: scalars[k][i] for k in _TIME_SCALARS[1:]}
         if steps is not None:

@@ -25,8 +25,8 @@ s/2 in a full layer, the band w − w²/2s in a windowed one.
 Hardware FLOPs add recomputation: full recompute re-runs each recomputed layer's forward
 (not the output layer), which turns the factor 3 into 4 and gives Narayanan's
 96·B·s·l·h²·(1 + s/6h + V/16lh); selective recompute re-runs only the attention core (4sh per token per
-layer; Korthikanti et al. 2022, §5); full recompute of ``recompute_layers`` of a stage's l/pp layers
-re-runs that fraction of the layers.
+layer; Korthikanti et al. 2022, §5); full recompute of ``recompute_layers`` of a stage's layers
+(l/pp, or the stage's own count when stages are uneven) re-runs that many layers on every stage.
 
 Mixture of experts: an MoE layer counts the FLOPs a token actually runs — the router (2·h·E), its k routed
 experts and the shared experts (2·(3 or 2)·h·f_e each) — not the idle experts, so model FLOPs and MFU are
@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from autotune.costmodel.layout import Layout
+from autotune.pipeline import stage_layers
 from autotune.spec import ModelSpec, TrainingSpec
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "attention_core_flops",
     "causal_core_flops",
     "logit_flops",
+    "stage_recomputed_fraction",
     "recomputed_fraction",
     "iteration_flops",
 ]
@@ -101,10 +103,21 @@ def logit_flops(model: ModelSpec) -> float:
     return 2.0 * model.hidden * model.vocab
 
 
+def stage_recomputed_fraction(recompute_layers: Any, stage_layers: Any) -> Any:
+    """Fraction of a stage's ``stage_layers`` layers that full recompute re-runs: ``recompute_layers`` of
+    them (at most all; 0 = all)."""
+    k = recompute_layers
+    return np.where(k > 0, np.minimum(k, stage_layers) / np.maximum(stage_layers, 1), 1.0)
+
+
 def recomputed_fraction(model: ModelSpec, L: Layout) -> Any:
-    """Fraction of a stage's layers that full recompute re-runs (recompute_layers 0 = all)."""
-    per_stage = model.layers / L["pp"]
-    return np.where(L["recompute_layers"] > 0, L["recompute_layers"] / per_stage, 1.0)
+    """Fraction of the model's layers that full recompute re-runs: ``recompute_layers`` per pipeline stage
+    (at most the stage's layers; 0 = all), summed over the first, the p − 2 middle and the last stage."""
+    k, pp = L["recompute_layers"], L["pp"]
+    first, mid, last = stage_layers(model.layers, L)
+    ends = np.where(pp > 1, np.minimum(k, first) + np.minimum(k, last), np.minimum(k, first))
+    total = ends + np.maximum(pp - 2, 0) * np.minimum(k, mid)
+    return np.where(k > 0, total / model.layers, 1.0)
 
 
 def iteration_flops(model: ModelSpec, training: TrainingSpec, L: Layout) -> tuple[Any, Any]:

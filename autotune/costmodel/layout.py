@@ -16,7 +16,8 @@ from autotune.config import LAYOUT_FIELDS, PP_SCHEDULES, RECOMPUTE_MODES, Parall
 __all__ = ["FIELDS", "Layout", "layout_scalars", "layout_arrays"]
 
 #: Field order of a layout; ``recompute`` is coded 0 none, 1 selective, 2 full; ``recompute_layers`` 0 = all;
-#: ``pp_schedule`` 0 = 1f1b (interleaved when vpp > 1), 1 = gpipe.
+#: ``pp_schedule`` 0 = 1f1b (interleaved when vpp > 1), 1 = gpipe; ``pp_first_layers``/``pp_last_layers``
+#: 0 = as many as a middle stage (:func:`autotune.pipeline.stage_layers`).
 FIELDS = LAYOUT_FIELDS
 
 Layout = Mapping[str, Any]
@@ -26,6 +27,8 @@ def _numeric(cfg: ParallelConfig) -> dict[str, int]:
     d = cfg.to_dict()
     d["recompute"] = RECOMPUTE_MODES.index(cfg.recompute)
     d["recompute_layers"] = cfg.recompute_layers or 0
+    d["pp_first_layers"] = cfg.pp_first_layers or 0
+    d["pp_last_layers"] = cfg.pp_last_layers or 0
     d["pp_schedule"] = PP_SCHEDULES.index(cfg.pp_schedule)
     return {k: int(d[k]) for k in FIELDS}
 

@@ -1,4 +1,4 @@
-"""Per-rank memory of one training step, for the worst rank (first or last pipeline stage).
+"""Per-rank memory of one training step, for the worst rank (first, a middle or the last pipeline stage).
 
 Model states (Rajbhandari et al. 2020, ZeRO): with Ψ parameters on a rank and N = dp_shard,
 mixed-precision Adam keeps 2Ψ weights + 2Ψ gradients + 12Ψ optimizer states (fp32 master, m, v):
@@ -48,6 +48,12 @@ Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, §2.1) stores the com
 latent as its norm's input and output (2·2·q_lora), the key/value latent the same way (2·2·kv_lora) and the
 shared rotary key (2·rope) — on every tp rank (Megatron-LM's down projections are duplicated across tp), and
 per head Q and K of nope + rope dims, V and the output projection's input of v dims (2·a·(2·qk + 2·v)/t).
+Uneven pipeline stages (:mod:`autotune.pipeline`): each stage holds its own decoder layer count (the
+first, the middle ones, the last), with full recompute of ``recompute_layers`` counted per stage (at most
+the stage's layers). Besides the first and the last stage, stage 1 — the middle stage with the most
+micro-batches in flight — is scored, and the largest total is the worst rank (``worst_stage`` 0, 1 or
+p − 1). Evenly split, a middle stage holds the first stage's layers without its embedding and with fewer
+micro-batches in flight, so it never decides.
 """
 
 from __future__ import annotations
@@ -61,18 +67,23 @@ from autotune.costmodel.layout import Layout
 from autotune.costmodel.moe import (
     expert_params_per_layer,
     expert_shard,
-    expert_stage_params,
+    expert_stage_params3,
+    moe_layers_below,
     routed_copies_per_rank,
-    stage_layer_counts,
+    stage_ranges,
 )
+from autotune.pipeline import stage_layers
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 
 __all__ = [
     "GIB",
     "model_state_bytes",
     "stage_params",
+    "middle_stage_params",
+    "largest_stage_params",
     "activation_bytes_per_layer",
     "activation_bytes",
+    "middle_activation_bytes",
     "memory_breakdown",
 ]
 
@@ -109,26 +120,69 @@ def _block_params(model: ModelSpec, tp: Any, moe: bool) -> Any:
     return rest / tp + router + norms
 
 
-def stage_params(model: ModelSpec, tp: Any, pp: Any) -> tuple[Any, Any]:
+def _layers_params(model: ModelSpec, tp: Any, start: Any, layers: Any) -> Any:
+    """Parameters on a rank of decoder layers start .. start + layers − 1, routed experts excepted."""
+    moe = moe_layers_below(model, start + layers) - moe_layers_below(model, start)
+    return (layers - moe) * _block_params(model, tp, False) + moe * _block_params(model, tp, True)
+
+
+def stage_params(model: ModelSpec, tp: Any, pp: Any, first_layers: Any = None, last_layers: Any = None
+                 ) -> tuple[Any, Any]:
     """Parameters on one rank of the first and of the last pipeline stage, routed experts excepted
     (:func:`autotune.costmodel.moe.expert_stage_params`; a dense model has none).
 
     Linear weights divide by tp, norms are replicated. The first stage holds the embedding (vocab-
     parallel, /tp); the last holds the final norm and the output layer; with tied embeddings and
     pp > 1 the last stage keeps its own copy of the embedding matrix (Megatron-LM does).
+    ``first_layers``/``last_layers``: decoder layers on those stages (default layers/pp, the even split).
     """
-    (dense_first, moe_first), (dense_last, moe_last) = stage_layer_counts(model, pp)
-    dense, moe = _block_params(model, tp, False), _block_params(model, tp, True)
-    layers_first = dense_first * dense + moe_first * moe
-    layers_last = dense_last * dense + moe_last * moe
+    even = model.layers / pp
+    n_first = even if first_layers is None else first_layers
+    n_last = even if last_layers is None else last_layers
     emb = model.embedding_params() / tp
     out = model.vocab * model.hidden / tp
     head = model.norm_params() + np.where(model.tied_embeddings & (pp > 1), out, 0.0)
     head = head + (0.0 if model.tied_embeddings else out)
     single = pp == 1
-    first = layers_first + emb + np.where(single, head, 0.0)
-    last = layers_last + head + np.where(single, emb, 0.0)
+    first = _layers_params(model, tp, 0.0, n_first) + emb + np.where(single, head, 0.0)
+    last = _layers_params(model, tp, model.layers - n_last, n_last) + head + np.where(single, emb, 0.0)
     return first, last
+
+
+def middle_stage_params(model: ModelSpec, tp: Any, start: Any, layers: Any) -> Any:
+    """Parameters on one rank of a middle pipeline stage of ``layers`` decoder layers from layer ``start``
+    (no embedding or head; routed experts excepted)."""
+    return _layers_params(model, tp, start, layers)
+
+
+def _stage_states(model: ModelSpec, training: TrainingSpec, L: Layout) -> list[tuple[Any, Any, Any]]:
+    """(weights, gradients, optimizer) bytes on a rank of the first stage, of stage 1 and of the last: the
+    dense parts ZeRO-sharded over dp_shard, the routed experts over their expert data-parallel group."""
+    n_first, n_mid, n_last = stage_layers(model.layers, L)
+    first_p, last_p = stage_params(model, L["tp"], L["pp"], n_first, n_last)
+    mid_p = np.where(L["pp"] > 2, middle_stage_params(model, L["tp"], n_first, n_mid), 0.0)
+    zero = L["zero"]
+    out = []
+    for dense, experts in zip((first_p, mid_p, last_p), expert_stage_params3(model, L), strict=True):
+        w, g, o = model_state_bytes(dense, zero, L["dp_shard"], training)
+        if model.is_moe:
+            ew, eg, eo = model_state_bytes(experts, zero, expert_shard(L), training)
+            w, g, o = w + ew, g + eg, o + eo
+        out.append((w, g, o))
+    return out
+
+
+def largest_stage_params(model: ModelSpec, L: Layout, experts: bool = True, expert_divisor: Any = 1.0,
+                         dense_divisor: Any = 1.0) -> Any:
+    """Parameters on a rank of the pipeline stage that holds the most (first, a middle one or the last):
+    dense parts / ``dense_divisor`` plus (with ``experts``) routed experts / ``expert_divisor`` (their own
+    ZeRO shard, say)."""
+    n_first, n_mid, n_last = stage_layers(model.layers, L)
+    first, last = stage_params(model, L["tp"], L["pp"], n_first, n_last)
+    mid = np.where(L["pp"] > 2, middle_stage_params(model, L["tp"], n_first, n_mid), 0.0)
+    ex = expert_stage_params3(model, L) if experts else (0.0, 0.0, 0.0)
+    per_stage = [d / dense_divisor + e / expert_divisor for d, e in zip((first, mid, last), ex, strict=True)]
+    return np.maximum(np.maximum(per_stage[0], per_stage[2]), per_stage[1])
 
 
 def _mlp_act(model: ModelSpec, width: Any) -> Any:
@@ -181,26 +235,31 @@ def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layo
     return tokens * per_token, checkpoint
 
 
+def _stage_activations(model: ModelSpec, training: TrainingSpec, L: Layout, start: Any, layers: Any
+                       ) -> tuple[Any, Any]:
+    """(one micro-batch's activations, the largest layer's stored bytes) of the stage of ``layers`` decoder
+    layers from layer ``start``: its dense and MoE layers each store their own; full recompute keeps
+    ``recompute_layers`` (per stage, at most its layers) as checkpoints, and re-runs one layer at a time."""
+    stored, checkpoint = activation_bytes_per_layer(model, training, L)
+    k = L["recompute_layers"]
+    rec_layers = np.where(k > 0, np.minimum(k, layers), layers)
+    full = L["recompute"] == 2
+    mean, largest = stored, stored
+    if model.is_moe:
+        stored_moe = activation_bytes_per_layer(model, training, L, moe=True)[0]
+        moe = moe_layers_below(model, start + layers) - moe_layers_below(model, start)
+        mean = ((layers - moe) * stored + moe * stored_moe) / np.maximum(layers, 1)
+        largest = np.where(moe > 0, np.maximum(stored, stored_moe), stored)
+    per_mb = np.where(full, rec_layers * checkpoint + (layers - rec_layers) * mean, layers * mean)
+    return per_mb, np.where(full, largest, 0.0)
+
+
 def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tuple[Any, Any]:
     """Activation bytes on a rank of the first and of the last pipeline stage."""
-    stored, checkpoint = activation_bytes_per_layer(model, training, L)
     pp, m = L["pp"], L["grad_accum"]
-    n_layers = model.layers / pp
-    rec_layers = np.where(L["recompute_layers"] > 0, L["recompute_layers"], n_layers)
-    full = L["recompute"] == 2
-    if model.is_moe:  # the stage's mean layer; a recomputed MoE layer is the largest transient
-        stored_moe = activation_bytes_per_layer(model, training, L, moe=True)[0]
-        (dense_first, moe_first), (dense_last, moe_last) = stage_layer_counts(model, pp)
-        mean_first = (dense_first * stored + moe_first * stored_moe) / n_layers
-        mean_last = (dense_last * stored + moe_last * stored_moe) / n_layers
-        largest_first = np.where(moe_first > 0, np.maximum(stored, stored_moe), stored)
-        largest_last = np.where(moe_last > 0, np.maximum(stored, stored_moe), stored)
-    else:
-        mean_first = mean_last = largest_first = largest_last = stored
-    per_mb = np.where(full, rec_layers * checkpoint + (n_layers - rec_layers) * mean_first, n_layers * mean_first)
-    per_mb_last = np.where(full, rec_layers * checkpoint + (n_layers - rec_layers) * mean_last, n_layers * mean_last)
-    transient = np.where(full, largest_first, 0.0)
-    transient_last = np.where(full, largest_last, 0.0)
+    (s_first, n_first), _, (s_last, n_last) = stage_ranges(model, L)
+    per_first, transient = _stage_activations(model, training, L, s_first, n_first)
+    per_last, transient_last = _stage_activations(model, training, L, s_last, n_last)
     one_f_one_b = np.where(L["vpp"] > 1, pp * (1 + (pp - 1) / (pp * L["vpp"])), np.minimum(pp, m))
     in_flight = np.where((L["pp_schedule"] == 1) & (pp > 1), m, one_f_one_b)
     tokens = training.seq_len / L["cp"] * L["micro_batch"]
@@ -208,11 +267,22 @@ def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
                                                                                    L["tp"], 1)
     saved_logits = 4.0 * tokens * model.vocab / L["tp"]
     logits = saved_logits + (0.0 if training.precision == "fp32" else 2.0) * tokens * model.vocab / L["tp"]
-    with_logits = np.maximum(transient, logits)
-    first = in_flight * (per_mb + emb_mask) + np.where(pp == 1, with_logits, transient)
+    first = in_flight * (per_first + emb_mask) + np.where(pp == 1, np.maximum(transient, logits), transient)
     last_in_flight = np.where((L["pp_schedule"] == 1) & (pp > 1), m, 1)
-    last = last_in_flight * per_mb_last + (last_in_flight - 1) * saved_logits + np.maximum(transient_last, logits)
+    last = last_in_flight * per_last + (last_in_flight - 1) * saved_logits + np.maximum(transient_last, logits)
     return first, last
+
+
+def middle_activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> Any:
+    """Activation bytes on a rank of pipeline stage 1, the middle stage with the most micro-batches in
+    flight: 1F1B keeps min(p − 1, m), interleaved 1F1B (p − 2)·2 + (v − 1)·p + 1 chunks of 1/v of the stage
+    (Megatron's warm-up count for rank 1; p + (p − 1)/v on rank 0 is Korthikanti's factor), GPipe m."""
+    pp, m, v = L["pp"], L["grad_accum"], L["vpp"]
+    _, (s_mid, n_mid), _ = stage_ranges(model, L)
+    per_mb, transient = _stage_activations(model, training, L, s_mid, n_mid)
+    one_f_one_b = np.where(v > 1, pp + (pp - 3) / v, np.minimum(pp - 1, m))
+    in_flight = np.where(L["pp_schedule"] == 1, m, one_f_one_b)
+    return in_flight * per_mb + transient
 
 
 def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> dict[str, Any]:
@@ -224,21 +294,16 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: 
     prefetch bucket of about a layer). ``GPUSpec.overhead_gib`` is the CUDA context, NCCL buffers and
     workspaces; ``usable_fraction`` leaves the caching allocator's fragmentation (PyTorch CUDA memory
     notes: reserved exceeds allocated by a few per cent in steady training)."""
-    first_p, last_p = stage_params(model, L["tp"], L["pp"])
+    (w1, g1, o1), (w3, g3, o3), (w2, g2, o2) = _stage_states(model, training, L)
     act_first, act_last = activation_bytes(model, training, L)
-    zero, shard = L["zero"], L["dp_shard"]
-    w1, g1, o1 = model_state_bytes(first_p, zero, shard, training)
-    w2, g2, o2 = model_state_bytes(last_p, zero, shard, training)
-    if model.is_moe:
-        ex_first, ex_last = expert_stage_params(model, L)
-        ew1, eg1, eo1 = model_state_bytes(ex_first, zero, expert_shard(L), training)
-        ew2, eg2, eo2 = model_state_bytes(ex_last, zero, expert_shard(L), training)
-        w1, g1, o1, w2, g2, o2 = w1 + ew1, g1 + eg1, o1 + eo1, w2 + ew2, g2 + eg2, o2 + eo2
+    act_mid = middle_activation_bytes(model, training, L)
+    zero = L["zero"]
     total_first = w1 + g1 + o1 + act_first
     total_last = w2 + g2 + o2 + act_last
     use_first = total_first >= total_last
-    weights, grads, opt, acts = (np.where(use_first, a, b) for a, b in
-                                 ((w1, w2), (g1, g2), (o1, o2), (act_first, act_last)))
+    use_mid = (L["pp"] > 2) & (w3 + g3 + o3 + act_mid > np.where(use_first, total_first, total_last))
+    weights, grads, opt, acts = (np.where(use_mid, c, np.where(use_first, a, b)) for a, b, c in
+                                 ((w1, w2, w3), (g1, g2, g3), (o1, o2, o3), (act_first, act_last, act_mid)))
     layer_local = _block_params(model, L["tp"], False)
     if model.is_moe:
         moe_local = _block_params(model, L["tp"], True) + expert_params_per_layer(model, L["ep"], L["etp"])
@@ -259,5 +324,5 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: 
     }
     out["fits"] = out["total"] <= capacity
     out["capacity"] = capacity
-    out["worst_stage"] = np.where(use_first, 0, L["pp"] - 1)
+    out["worst_stage"] = np.where(use_mid, 1, np.where(use_first, 0, L["pp"] - 1))
     return out

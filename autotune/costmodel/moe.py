@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from autotune.costmodel.layout import Layout
+from autotune.pipeline import stage_layers
 from autotune.spec import ModelSpec, TrainingSpec
 
-__all__ = ["DROPLESS_IMBALANCE", "imbalance", "moe_layers_below", "stage_layer_counts", "expert_params_per_layer",
+__all__ = ["DROPLESS_IMBALANCE", "imbalance", "moe_layers_below", "stage_ranges", "stage_layer_counts",
+           "expert_params_per_layer", "expert_stage_params3",
            "expert_stage_params", "expert_shard", "moe_tokens_per_rank", "routed_copies_per_rank"]
 
 DROPLESS_IMBALANCE = 1.25
@@ -47,13 +49,21 @@ def moe_layers_below(model: ModelSpec, index: Any) -> Any:
     return np.where(x > 0, np.floor((x - 1) / model.moe_every) + 1, 0.0)
 
 
-def stage_layer_counts(model: ModelSpec, pp: Any) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
-    """((dense, MoE) layers of the first stage, (dense, MoE) layers of the last), stages of layers/pp
-    consecutive layers (the interleaved schedule's chunks are counted as one block)."""
-    n = model.layers / np.asarray(pp, dtype=float)
-    moe_first = moe_layers_below(model, n)
-    moe_last = model.moe_layers - moe_layers_below(model, model.layers - n)
-    return (n - moe_first, moe_first), (n - moe_last, moe_last)
+def stage_ranges(model: ModelSpec, L: Layout) -> tuple[tuple[Any, Any], ...]:
+    """(first layer, layer count) of the first pipeline stage, of stage 1 (a middle one) and of the last,
+    from :func:`autotune.pipeline.stage_layers` (even or uneven splits; the interleaved schedule's chunks are
+    counted as one block of consecutive layers)."""
+    n_first, n_mid, n_last = stage_layers(model.layers, L)
+    return (0.0, n_first), (n_first, n_mid), (model.layers - n_last, n_last)
+
+
+def stage_layer_counts(model: ModelSpec, L: Layout) -> tuple[tuple[Any, Any], ...]:
+    """(dense, MoE) layers of the first stage, of stage 1 and of the last (see :func:`stage_ranges`)."""
+    out = []
+    for start, n in stage_ranges(model, L):
+        moe = moe_layers_below(model, start + n) - moe_layers_below(model, start)
+        out.append((n - moe, moe))
+    return tuple(out)
 
 
 def expert_params_per_layer(model: ModelSpec, ep: Any, etp: Any) -> Any:
@@ -63,9 +73,14 @@ def expert_params_per_layer(model: ModelSpec, ep: Any, etp: Any) -> Any:
 
 def expert_stage_params(model: ModelSpec, L: Layout) -> tuple[Any, Any]:
     """Routed-expert parameters on one rank of the first and of the last pipeline stage."""
-    (_, moe_first), (_, moe_last) = stage_layer_counts(model, L["pp"])
+    first, _, last = expert_stage_params3(model, L)
+    return first, last
+
+
+def expert_stage_params3(model: ModelSpec, L: Layout) -> tuple[Any, Any, Any]:
+    """Routed-expert parameters on one rank of the first stage, of stage 1 and of the last."""
     per_layer = expert_params_per_layer(model, L["ep"], L["etp"])
-    return moe_first * per_layer, moe_last * per_layer
+    return tuple(moe * per_layer for _, moe in stage_layer_counts(model, L))
 
 
 def expert_shard(L: Layout) -> Any:

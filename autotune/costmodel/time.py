@@ -1,8 +1,10 @@
 """Step time of one optimizer step: the analytic model that scores a layout (scalar or vectorised).
 
-The slowest pipeline stage (the last: its l/pp layers plus the output layer) sets the pace. Per
-micro-batch it spends t_mb = compute (forward + 2× backward) + recompute + exposed TP + exposed CP
-communication; a step runs m = grad_accum micro-batches, so
+The slowest pipeline stage sets the pace: evenly split the last (its l/pp layers plus the output layer);
+with uneven stages (:mod:`autotune.pipeline`) the first, a middle or the last stage, each timed with its
+own layer count (``slowest_stage`` says which: 0, 1 or p − 1). Per micro-batch it spends
+t_mb = compute (forward + 2× backward) + recompute + exposed TP + exposed CP communication; a step
+runs m = grad_accum micro-batches, so
 
     step = m·t_mb + bubble + p2p + exposed DP/ZeRO communication + optimizer,
     bubble = (p−1)/v · t_mb     (1F1B: fraction (p−1)/m of the busy time; interleaved: (p−1)/(v·m)),
@@ -48,10 +50,11 @@ from autotune.costmodel.compute import (
     logits_forward_time,
     peak_flops,
 )
-from autotune.costmodel.flops import iteration_flops, recomputed_fraction
+from autotune.costmodel.flops import iteration_flops, stage_recomputed_fraction
 from autotune.costmodel.layout import Layout
-from autotune.costmodel.memory import model_state_bytes, stage_params
-from autotune.costmodel.moe import expert_shard, expert_stage_params
+from autotune.costmodel.memory import largest_stage_params, model_state_bytes
+from autotune.costmodel.moe import expert_shard
+from autotune.pipeline import stage_layers
 from autotune.spec import GPUSpec, ModelSpec, StackSpec, TrainingSpec
 
 __all__ = ["TP_OVERLAP", "BUCKET_PARAMS", "BREAKDOWN", "dp_comm_exposed", "optimizer_time", "step_time"]
@@ -96,8 +99,7 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     Bandwidths are the groups' own (:func:`autotune.costmodel.comm.link`): a shard group filling its nodes
     moves its traffic over all of their NICs; the replica all-reduce may run as a tree across nodes.
     """
-    first, last = stage_params(model, L["tp"], L["pp"])
-    psi = np.maximum(first, last)
+    psi = largest_stage_params(model, L, experts=False)
     gb = 4.0 if training.precision == "fp32" or training.grad_buffers == "fp32" else 2.0
     pb = activation_dtype_bytes(training.precision)
     zero, m = L["zero"], L["grad_accum"]
@@ -111,7 +113,7 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
     frac = np.minimum(1.0, BUCKET_PARAMS / psi)
     ogr, opg = L["overlap_grad_reduce"], L["overlap_param_gather"]
     replica_ar = all_reduce(psi * gb / n, reps, rep_bw, rep_lat, group_nodes(rep_span, gpus_per_node))
-    shard_lat = shard_lat * np.where(zero >= 3, model.layers / L["pp"] + 1.0, 1.0)
+    shard_lat = shard_lat * np.where(zero >= 3, np.maximum.reduce(stage_layers(model.layers, L)) + 1.0, 1.0)
     rs = reduce_scatter(psi * gb, n, shard_bw, shard_lat)
     ag = all_gather(psi * pb, n, shard_bw, shard_lat)
     k = slowdown
@@ -127,11 +129,9 @@ def optimizer_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: La
     ZeRO ≥ 1; routed experts over their own ZeRO group, :func:`autotune.costmodel.moe.expert_shard`),
     reading and writing the optimizer states (fp32 master + moments), reading the gradient
     and writing the working weights."""
-    first, last = stage_params(model, L["tp"], L["pp"])
-    ex_first, ex_last = expert_stage_params(model, L)
     sharded = L["zero"] >= 1
-    psi = np.maximum(first / np.where(sharded, L["dp_shard"], 1) + ex_first / np.where(sharded, expert_shard(L), 1),
-                     last / np.where(sharded, L["dp_shard"], 1) + ex_last / np.where(sharded, expert_shard(L), 1))
+    psi = largest_stage_params(model, L, dense_divisor=np.where(sharded, L["dp_shard"], 1),
+                               expert_divisor=np.where(sharded, expert_shard(L), 1))
     w, g, o = model_state_bytes(1.0, 0, 1, training)
     return psi * (2.0 * o + g + w) / (gpu.hbm_gbps * 1e9)
 
@@ -139,7 +139,7 @@ def optimizer_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: La
 def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_node: int, L: Layout, *,
               order: str = "tp-cp-dp-pp", nics_per_node: int | None = None,
               stack: StackSpec | None = None) -> dict[str, Any]:
-    """Time breakdown (seconds per optimizer step, keys :data:`BREAKDOWN`), ``step_time_s``,
+    """Time breakdown (seconds per optimizer step, keys :data:`BREAKDOWN`), ``step_time_s``, ``slowest_stage``,
     ``tokens_per_s``, ``model_flops``/``hw_flops`` (per iteration, whole cluster), per-GPU
     ``tflops_per_gpu``/``hw_tflops_per_gpu``, ``mfu`` and ``hfu`` for layout ``L`` (ints or arrays), on
     ``stack`` (default: ``training.stack``, else plain eager PyTorch).
@@ -153,16 +153,19 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     tp, pp, cp, v, m = L["tp"], L["pp"], L["cp"], L["vpp"], L["grad_accum"]
     dtype = activation_dtype_bytes(training.precision)
     tokens = L["micro_batch"] * training.seq_len / cp
-    n_layers = model.layers / pp
+    shape = np.broadcast_shapes(*(np.shape(x) for x in L.values()))
+    # Axis 0 runs over the first, a middle and the last pipeline stage; only the last has the output layer.
+    n_layers = np.stack([np.broadcast_to(n, shape) for n in stage_layers(model.layers, L)])
+    on_last = np.array([0.0, 0.0, 1.0]).reshape((3,) + (1,) * len(shape))
     t = layer_forward_times(model, training, gpu, L, stack)
     b = layer_backward_times(model, training, gpu, L, stack, t)
     fwd_layer = sum(t[k] for k in t)
     layer_fb = layer_step_time(stack, fwd_layer + sum(b[k] for k in b))
-    logits = logits_forward_time(model, training, gpu, L)
+    logits = on_last * logits_forward_time(model, training, gpu, L)
     fwd_mb = n_layers * fwd_layer + logits
     compute_mb = n_layers * layer_fb + 3.0 * logits
     rc = L["recompute"]
-    full = np.where(rc == 2, recomputed_fraction(model, L), 0.0)
+    full = np.where(rc == 2, stage_recomputed_fraction(L["recompute_layers"], n_layers), 0.0)
     selective = t["core"] + t["softmax"] if stack.selective_recompute == "attention_core" else t["elementwise"]
     recompute_mb = n_layers * (full * fwd_layer + np.where(rc == 1, selective, 0.0))
     sp = spans(L, order)
@@ -181,6 +184,13 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     cp_mb = n_layers * passes * np.maximum(ring - t["core"], 0.0)
 
     t_mb = compute_mb + recompute_mb + tp_mb + cp_mb
+    slowest = np.where((pp > 2) & (t_mb[1] > t_mb[0]) & (t_mb[1] > t_mb[2]), 1, np.where(t_mb[0] > t_mb[2], 0, 2))
+
+    def at_slowest(x: Any) -> Any:
+        return np.where(slowest == 0, x[0], np.where(slowest == 1, x[1], x[2]))
+
+    fwd_mb, compute_mb, recompute_mb, tp_mb, cp_mb, t_mb = (
+        at_slowest(x) for x in (fwd_mb, compute_mb, recompute_mb, tp_mb, cp_mb, t_mb))
     pp_bw, pp_lat = link(gpu, gpus_per_node, sp["pp"], 1, nics_per_node)
     msg = p2p(pp_message_bytes(model.hidden, tokens, tp, dtype), pp_bw, pp_lat)
     win_bwd = compute_mb - fwd_mb + recompute_mb
@@ -208,7 +218,7 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     out["hw_tflops_per_gpu"] = hw_flops / step / world / 1e12
     out["mfu"] = out["tflops_per_gpu"] * 1e12 / peak
     out["hfu"] = out["hw_tflops_per_gpu"] * 1e12 / peak
-    shape = np.broadcast_shapes(*(np.shape(x) for x in L.values()))
+    out["slowest_stage"] = np.where(slowest == 2, pp - 1, slowest)
     if shape == ():
         return {k: float(x) for k, x in out.items()}
     return {k: np.broadcast_to(np.asarray(x, dtype=float), shape).copy() for k, x in out.items()}

@@ -30,10 +30,10 @@ class Exporter(Protocol):
 
 
 def check_exportable(
-    framework: str, training: TrainingSpec, cluster: ClusterSpec, cfg: ParallelConfig
+    framework: str, training: TrainingSpec, cluster: ClusterSpec, cfg: ParallelConfig, *, layers: int | None = None
 ) -> None:
     """Raise :class:`InfeasibleConfig` unless ``cfg`` fills the cluster, meets the global batch and
-    ``framework`` supports it."""
+    ``framework`` supports it (its pipeline split of ``layers`` decoder layers included)."""
     if cfg.world != cluster.gpus:
         raise InfeasibleConfig(
             f"{framework}: layout tp*pp*cp*dp={cfg.tp}*{cfg.pp}*{cfg.cp}*{cfg.dp}={cfg.world}"
@@ -44,4 +44,4 @@ def check_exportable(
             f"{framework}: micro_batch*grad_accum*dp={cfg.micro_batch}*{cfg.grad_accum}*{cfg.dp}"
             f" does not equal global_batch={training.global_batch}"
         )
-    require_supported(framework, cfg, training)
+    require_supported(framework, cfg, training, layers=layers)

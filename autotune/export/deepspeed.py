@@ -135,7 +135,7 @@ def launch_script(
 ) -> str:
     """The ``deepspeed pretrain_gpt.py`` script matching :meth:`DeepSpeedExporter.render`'s config at
     ``config_path``. Raises InfeasibleConfig when DeepSpeed cannot run ``cfg``."""
-    check_exportable(DeepSpeedExporter.name, training, cluster, cfg)
+    check_exportable(DeepSpeedExporter.name, training, cluster, cfg, layers=model.layers)
     flags = model_flags(model, training, cfg) + parallel_flags(cfg) + batch_flags(training, cfg)
     flags += recompute_flags(cfg) + precision_flags(training)
     if cfg.pp == 1:
@@ -165,6 +165,6 @@ class DeepSpeedExporter:
         self, model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, cfg: ParallelConfig
     ) -> str:
         """The JSON config for ``cfg``; raises InfeasibleConfig when DeepSpeed cannot run it."""
-        check_exportable(self.name, training, cluster, cfg)
+        check_exportable(self.name, training, cluster, cfg, layers=model.layers)
         check_model(model)
         return json.dumps(ds_config(model, training, cfg), indent=2, sort_keys=True) + "\n"

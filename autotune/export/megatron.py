@@ -7,6 +7,13 @@ before Blackwell, and the TP/CP communication overlap relies on one hardware que
 decoupled head_dim as ``--kv-channels``, squared ReLU, q/k norms and sliding windows as their flags),
 the vocabulary, the layout, batch, recompute and precision flags.
 
+An uneven pipeline split (:mod:`autotune.pipeline`) becomes ``--account-for-embedding-in-pipeline-split``
+/ ``--account-for-loss-in-pipeline-split`` when the first/last stage is one layer short of the others (NVIDIA's
+Llama 3.1 405B recipe), else ``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers``,
+with ``--num-virtual-stages-per-pipeline-rank`` for interleaving (``validate_args`` refuses
+``--num-layers-per-virtual-pipeline-stage`` beside first/last counts); an even split keeps
+``--num-layers-per-virtual-pipeline-stage``.
+
 The vocabulary is exact: ``--tokenizer-type NullTokenizer --vocab-size V --mock-data`` (megatron.core's
 NullTokenizer has exactly V tokens) with ``--make-vocab-size-divisible-by`` chosen so Megatron adds no
 padding, so the script benchmarks the exported model on synthetic data as it stands. For real training
@@ -22,6 +29,7 @@ from autotune.errors import InfeasibleConfig
 from autotune.export.base import check_exportable
 from autotune.export.launch import Flag, render_script, rope_base, torchrun_launcher, vocab_divisor
 from autotune.export.model_shapes import require_model_supported
+from autotune.pipeline import megatron_accounted_ends
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "vocab_flags",
     "parallel_flags",
     "batch_flags",
+    "pipeline_split_flags",
     "recompute_flags",
     "precision_flags",
     "megatron_env",
@@ -152,6 +161,23 @@ def parallel_flags(cfg: ParallelConfig) -> list[Flag]:
     return flags
 
 
+def pipeline_split_flags(model: ModelSpec, cfg: ParallelConfig) -> list[Flag]:
+    """How the layers split over the pipeline stages and their virtual stages (see the module docstring)."""
+    first, last = cfg.pp_first_layers, cfg.pp_last_layers
+    if first is None and last is None:
+        return [("--num-layers-per-virtual-pipeline-stage", model.layers // (cfg.pp * cfg.vpp))] if cfg.vpp > 1 else []
+    accounted = megatron_accounted_ends(model.layers, cfg.pp, cfg.vpp, first, last)
+    if accounted is not None:
+        names = ("--account-for-embedding-in-pipeline-split", "--account-for-loss-in-pipeline-split")
+        flags: list[Flag] = [(name, None) for name, on in zip(names, accounted, strict=True) if on]
+    else:
+        flags = [(name, n) for name, n in (("--decoder-first-pipeline-num-layers", first),
+                                           ("--decoder-last-pipeline-num-layers", last)) if n is not None]
+    if cfg.vpp > 1:
+        flags.append(("--num-virtual-stages-per-pipeline-rank", cfg.vpp))
+    return flags
+
+
 def batch_flags(training: TrainingSpec, cfg: ParallelConfig) -> list[Flag]:
     """Micro and global batch; gradient accumulation is derived as global / (micro · dp)."""
     return [("--micro-batch-size", cfg.micro_batch), ("--global-batch-size", training.global_batch)]
@@ -200,11 +226,10 @@ class MegatronExporter:
         self, model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, cfg: ParallelConfig
     ) -> str:
         """The launch script for ``cfg``; raises InfeasibleConfig when Megatron-LM cannot run it."""
-        check_exportable(self.name, training, cluster, cfg)
+        check_exportable(self.name, training, cluster, cfg, layers=model.layers)
         check_model(model, cfg)
         flags = model_flags(model, training) + moe_flags(model, cfg) + vocab_flags(model, cfg) + parallel_flags(cfg)
-        if cfg.vpp > 1:
-            flags.append(("--num-layers-per-virtual-pipeline-stage", model.layers // (cfg.pp * cfg.vpp)))
+        flags += pipeline_split_flags(model, cfg)
         flags.append(("--context-parallel-size", cfg.cp))
         flags += batch_flags(training, cfg)
         if cfg.zero == 1:

@@ -14,7 +14,10 @@ Targets torchtitan 0.3.0, which reads no TOML: ``--module llama3 --config FUNCTI
 - Without pipelining, ``local_batch_size`` is the micro-batch and torchtitan derives gradient
   accumulation from ``global_batch_size``. With pipelining, one local batch holds all micro-batches
   of a step (``local_batch_size = micro · GA``, split by ``pipeline_parallel_microbatch_size``),
-  each virtual stage gets ``layers / (pp · vpp)`` blocks, and CUDA graphs are off
+  each virtual stage gets ``pipeline_parallel_layers_per_stage`` blocks (``layers / (pp · vpp)`` when
+  even) and an uneven split shortens the first/last virtual stage by
+  ``pipeline_parallel_first/last_stage_less_layers`` (:func:`autotune.pipeline.torchtitan_split`; both
+  written, 0 when even, so the defaults of 1 never apply), and CUDA graphs are off
   (``--training.disable_cuda_graphs``: they do not support pipelining). Schedules: GPipe, 1F1B,
   Interleaved1F1B when vpp > 1.
 - Mixture of experts: DeepSeek-V3 671B is ``--module deepseek_v3 --config deepseek_v3_671b`` (shape from
@@ -34,6 +37,7 @@ from autotune.config import ParallelConfig
 from autotune.errors import InfeasibleConfig
 from autotune.export.base import check_exportable
 from autotune.export.launch import Flag, render_script, torchrun_launcher
+from autotune.pipeline import torchtitan_split
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
 __all__ = ["TorchtitanExporter", "TorchtitanConfig", "CONFIGS", "TORCHTITAN_VERSION", "find_config", "overrides",
@@ -159,12 +163,17 @@ def overrides(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -> 
     if model.is_moe:
         flags.append(("--parallelism.expert_parallel_degree", cfg.ep))
     if cfg.pp > 1:
+        split = torchtitan_split(model.layers, cfg.pp, cfg.vpp, cfg.pp_first_layers, cfg.pp_last_layers)
+        if split is None:
+            raise InfeasibleConfig(f"torchtitan: pp_first_layers={cfg.pp_first_layers} pp_last_layers="
+                                   f"{cfg.pp_last_layers} with vpp={cfg.vpp} has no layers_per_stage spelling")
+        per_stage, less_first, less_last = split
         flags += [
             ("--parallelism.pipeline_parallel_schedule", _schedule(cfg)),
             ("--parallelism.pipeline_parallel_microbatch_size", cfg.micro_batch),
-            ("--parallelism.pipeline_parallel_layers_per_stage", model.layers // (cfg.pp * cfg.vpp)),
-            ("--parallelism.pipeline_parallel_first_stage_less_layers", 0),
-            ("--parallelism.pipeline_parallel_last_stage_less_layers", 0),
+            ("--parallelism.pipeline_parallel_layers_per_stage", per_stage),
+            ("--parallelism.pipeline_parallel_first_stage_less_layers", less_first),
+            ("--parallelism.pipeline_parallel_last_stage_less_layers", less_last),
             ("--training.disable_cuda_graphs", None),
         ]
     compile_model = cfg.tp_comm_overlap or training.precision == "fp8"  # float8 linears are compiled
@@ -183,7 +192,7 @@ class TorchtitanExporter:
         self, model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, cfg: ParallelConfig
     ) -> str:
         """The launch script for ``cfg``; raises InfeasibleConfig when torchtitan cannot run it."""
-        check_exportable(self.name, training, cluster, cfg)
+        check_exportable(self.name, training, cluster, cfg, layers=model.layers)
         config = find_config(model, training)
         if model.is_moe and cfg.ep == 1 and cfg.etp != cfg.tp:
             raise InfeasibleConfig(f"torchtitan: etp={cfg.etp} with ep=1 and tp={cfg.tp} is not supported (with ep=1"

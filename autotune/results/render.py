@@ -19,6 +19,7 @@ def layout_summary(cfg: dict[str, Any]) -> str:
         parts.append(f"cp={cfg['cp']}")
     if cfg.get("vpp", 1) > 1:
         parts.append(f"vpp={cfg['vpp']}")
+    parts += [f"{k}={cfg[k]}" for k in ("pp_first_layers", "pp_last_layers") if cfg.get(k)]
     if cfg.get("sequence_parallel"):
         parts.append("sp")
     parts += [f"{k}={cfg[k]}" for k in ("ep", "etp") if cfg.get(k, 1) > 1]
@@ -53,7 +54,8 @@ def _memory_table(result: dict[str, Any]) -> Table:
 
 def _time_table(result: dict[str, Any]) -> Table:
     parts = result["time_breakdown_s"]
-    table = Table(title="Step time")
+    slowest = result.get("slowest_stage")
+    table = Table(title="Step time" if slowest is None else f"Step time (slowest: pipeline stage {slowest})")
     table.add_column("part")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")

@@ -79,7 +79,8 @@ def score_space(problem: Problem, space: SearchSpace, *, cluster: ClusterSpec | 
             rejections.append(("infeasible", str(e)))
             continue
         derived.append(cfg)
-        why = unsupported_reason(space.framework, cfg, training) if space.framework != "any" else None
+        why = unsupported_reason(space.framework, cfg, training, layers=problem.model.layers) \
+            if space.framework != "any" else None
         configs.append(None if why else cfg)
         rejections.append(("unsupported", why) if why else None)
     valid = [i for i, c in enumerate(configs) if c is not None]

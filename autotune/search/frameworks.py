@@ -38,6 +38,23 @@ Expert parallelism (mixture-of-experts models; a dense model keeps ep = etp = 1,
   ranks from dp_shard·cp·tp (``efsdp = dp_shard·cp·tp / ep``, ``ParallelDims.build_mesh``; dp_replicate
   stays outside), and with ep = 1 the routed experts are tensor-parallel over tp (etp = tp,
   ``models/common/moe_sharding.py``).
+
+Uneven pipeline stages (``pp_first_layers``/``pp_last_layers``, :mod:`autotune.pipeline`), checked by
+:data:`SPLIT_RULES` when the caller gives the model's layer count:
+
+- Megatron-LM builds a split with ``--account-for-embedding-in-pipeline-split`` /
+  ``--account-for-loss-in-pipeline-split`` (the accounted ends one layer short of the other stages) or
+  with ``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers`` when vpp divides
+  every stage's count (``transformer_config.py``); any other split is refused.
+- torchtitan builds it with ``pipeline_parallel_layers_per_stage`` and
+  ``pipeline_parallel_first/last_stage_less_layers`` when only the first and the last virtual stage are
+  short, by at most one layer with vpp > 1 (see :func:`autotune.pipeline.torchtitan_split`).
+- DeepSpeed: Megatron-DeepSpeed's ``GPTModelPipe`` builds its ``PipelineModule`` with
+  ``partition_method='type:transformer'`` (``megatron/model/gpt_model.py``), i.e. DeepSpeed's
+  ``partition_balanced`` over the transformer layers (``deepspeed/runtime/utils.py``), which puts the
+  remainder on the leading stages (126 layers on pp 8: 16, 16, 16, 16, 16, 16, 15, 15); the other methods
+  are ``uniform`` (``partition_uniform`` over all layer specs, embeddings included) and ``parameters``.
+  None takes a first/last stage count, so an uneven split is refused.
 """
 
 from __future__ import annotations
@@ -47,9 +64,10 @@ from dataclasses import dataclass
 
 from autotune.config import ParallelConfig
 from autotune.errors import InfeasibleConfig, SpecError
+from autotune.pipeline import megatron_accounted_ends, megatron_explicit_ok, pipeline_stage_layers, torchtitan_split
 from autotune.spec import TrainingSpec
 
-__all__ = ["FRAMEWORKS", "RULES", "Rule", "unsupported_reason", "require_supported"]
+__all__ = ["FRAMEWORKS", "RULES", "SPLIT_RULES", "Rule", "SplitRule", "unsupported_reason", "require_supported"]
 
 FRAMEWORKS: tuple[str, ...] = ("megatron", "deepspeed", "torchtitan")
 """Framework names, in the order messages list them."""
@@ -103,6 +121,10 @@ RULES: dict[str, tuple[Rule, ...]] = {
              message="tp_comm_overlap=True is not supported (Megatron-DeepSpeed has no TP comm overlap)"),
         Rule(field="precision", ok=lambda c, t: t.precision != "fp8",
              message="precision=fp8 is not supported (DeepSpeed trains in fp32, fp16 or bf16)"),
+        Rule(field="pp_first_layers", ok=lambda c, t: c.pp_first_layers is None and c.pp_last_layers is None,
+             message="pp_first_layers={pp_first_layers} pp_last_layers={pp_last_layers} is not supported"
+                     " (Megatron-DeepSpeed partitions with partition_method='type:transformer': no first/last"
+                     " stage layer count)"),
     ),
     "torchtitan": (
         Rule(field="zero", ok=lambda c, t: c.zero != 1,
@@ -128,14 +150,50 @@ RULES: dict[str, tuple[Rule, ...]] = {
 """Capability rules per framework; a layout is supported when every rule of its framework holds."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class SplitRule:
+    """One limit of one framework on an uneven pipeline split (it needs the model's layer count)."""
+
+    ok: Callable[[ParallelConfig, int], bool]
+    """True when the framework builds ``cfg``'s split of ``layers`` decoder layers."""
+    message: str
+    """Why not, a template over the layout's fields and ``stages`` (each pipeline stage's layers)."""
+
+
+def _split(c: ParallelConfig) -> tuple[int, int, int | None, int | None]:
+    return c.pp, c.vpp, c.pp_first_layers, c.pp_last_layers
+
+
+SPLIT_RULES: dict[str, tuple[SplitRule, ...]] = {
+    "megatron": (
+        SplitRule(ok=lambda c, n: megatron_accounted_ends(n, *_split(c)) is not None
+                  or megatron_explicit_ok(n, *_split(c)),
+                  message="pp_first_layers={pp_first_layers} pp_last_layers={pp_last_layers} with vpp={vpp} is not"
+                          " supported (stages hold {stages} layers: Megatron-LM needs vpp to divide every stage,"
+                          " or the first/last stage one layer short of the others, --account-for-embedding/loss-"
+                          "in-pipeline-split)"),
+    ),
+    "deepspeed": (),
+    "torchtitan": (
+        SplitRule(ok=lambda c, n: torchtitan_split(n, *_split(c)) is not None,
+                  message="pp_first_layers={pp_first_layers} pp_last_layers={pp_last_layers} with vpp={vpp} is not"
+                          " supported (stages hold {stages} layers: torchtitan shortens only the first and the last"
+                          " virtual stage, by at most its layers_per_stage, by at most one with vpp > 1)"),
+    ),
+}
+"""Uneven-split rules per framework, checked when :func:`unsupported_reason` is given the layer count."""
+
+
 def _rules(framework: str) -> tuple[Rule, ...]:
     if framework not in RULES:
         raise SpecError(f"framework: unknown {framework!r} (allowed: {', '.join(FRAMEWORKS)})")
     return RULES[framework]
 
 
-def unsupported_reason(framework: str, cfg: ParallelConfig, training: TrainingSpec) -> str | None:
+def unsupported_reason(framework: str, cfg: ParallelConfig, training: TrainingSpec, *,
+                       layers: int | None = None) -> str | None:
     """None when ``framework`` can run ``cfg``; otherwise a message naming the framework and field.
+    With ``layers`` (the model's decoder layers) an uneven pipeline split is checked too (:data:`SPLIT_RULES`).
 
     Raises :class:`SpecError` for an unknown framework.
     """
@@ -143,11 +201,18 @@ def unsupported_reason(framework: str, cfg: ParallelConfig, training: TrainingSp
         if not rule.ok(cfg, training):
             fields = cfg.to_dict() | {"seq_len": training.seq_len, "precision": training.precision}
             return f"{framework}: {rule.message.format(**fields)}"
+    uneven = cfg.pp_first_layers is not None or cfg.pp_last_layers is not None
+    for split in SPLIT_RULES[framework] if layers is not None and uneven else ():
+        if not split.ok(cfg, layers):  # type: ignore[arg-type]
+            counts = pipeline_stage_layers(layers, cfg.pp, cfg.pp_first_layers, cfg.pp_last_layers)  # type: ignore[arg-type]
+            stages = ",".join(map(str, counts))
+            return f"{framework}: {split.message.format(**cfg.to_dict(), stages=stages)}"
     return None
 
 
-def require_supported(framework: str, cfg: ParallelConfig, training: TrainingSpec) -> None:
+def require_supported(framework: str, cfg: ParallelConfig, training: TrainingSpec, *,
+                      layers: int | None = None) -> None:
     """Raise :class:`InfeasibleConfig` with :func:`unsupported_reason`'s message when unsupported."""
-    reason = unsupported_reason(framework, cfg, training)
+    reason = unsupported_reason(framework, cfg, training, layers=layers)
     if reason is not None:
         raise InfeasibleConfig(reason)

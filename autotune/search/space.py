@@ -31,6 +31,7 @@ import yaml
 
 from autotune.config import DERIVE_KEYS
 from autotune.errors import SpecError
+from autotune.pipeline import has_split
 
 __all__ = ["Dimension", "SearchSpace", "load_space", "space_names", "LAYOUT_KEYS", "EXPERT_DIMS"]
 
@@ -140,10 +141,11 @@ class SearchSpace:
                    gpu_counts: list[int], experts: int = 0) -> SearchSpace:
         """Drop choices no layout of this problem can use, one dimension at a time.
 
-        tp must divide heads and one of the GPU counts; pp must divide layers and a GPU count; cp must
-        divide seq_len and a GPU count; vpp must divide layers; micro_batch must divide one of the global batch sizes;
-        ep must divide ``experts`` (routed experts; 0 = a dense model, whose space loses the ep and etp
-        dimensions) and a GPU count, etp a GPU count.
+        tp must divide heads and one of the GPU counts; pp must divide a GPU count and split the layers
+        (evenly, or unevenly as :func:`autotune.pipeline.default_split` does); cp must divide seq_len and a
+        GPU count; vpp must split the layers with one of the kept pp choices; micro_batch must divide one
+        of the global batch sizes; ep must divide ``experts`` (routed experts; 0 = a dense model, whose space loses
+        the ep and etp dimensions) and a GPU count, etp a GPU count.
         Unconditional tp, pp and cp are then joined into one ``tp_pp_cp`` dimension of the products that
         divide a GPU count, so a sampler never spends trials on meshes that cannot exist (most of the
         raw product does not divide the GPU count, and samplers learn such constraints slowly).
@@ -153,11 +155,16 @@ class SearchSpace:
         def fits(n: int) -> bool:
             return any(g % n == 0 for g in gpu_counts)
 
+        def pp_ok(v: int) -> bool:
+            return fits(v) and has_split(layers, v, 1)
+
+        pp_dim = next((d for d in self.dimensions if d.name == "pp"), None)
+        pps = [v for v in pp_dim.choices if isinstance(v, int) and pp_ok(v)] if pp_dim else [self.fixed.get("pp", 1)]
         rules = {
             "tp": lambda v: heads % v == 0 and fits(v),
-            "pp": lambda v: layers % v == 0 and fits(v),
+            "pp": pp_ok,
             "cp": lambda v: seq_len % v == 0 and fits(v),
-            "vpp": lambda v: layers % v == 0,
+            "vpp": lambda v: v == 1 or any(p > 1 and has_split(layers, p, v) for p in pps),
             "micro_batch": lambda v: any(b % v == 0 for b in batches),
             "ep": lambda v: experts % v == 0 and fits(v),
             "etp": fits,

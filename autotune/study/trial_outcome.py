@@ -133,7 +133,7 @@ class TrialOutcomes:
             return self._record(trial, layout, "infeasible", {}, reason=str(e))
         layout = cfg.to_dict() | self.plan.tags(case)
         if self.space.framework != "any":
-            why = unsupported_reason(self.space.framework, cfg, training)
+            why = unsupported_reason(self.space.framework, cfg, training, layers=self.problem.model.layers)
             if why:
                 return self._record(trial, layout, "unsupported", {}, reason=why)
         est = estimate(self.problem.model, training, self.problem.gpu, cluster, cfg)

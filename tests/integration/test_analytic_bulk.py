@@ -1,7 +1,7 @@
 """The analytic stage's bulk writes under kill -9 and under 4 concurrent drivers.
 
-The study is ``search_spaces/examples/llama3-70b-64xh100.yaml`` with ``sampler: auto``: 14,832 layouts
-(7 full chunks of :data:`autotune.study.analytic.CHUNK` and one of 832). A driver is killed with SIGKILL
+The study is ``search_spaces/examples/llama3-70b-64xh100.yaml`` with ``sampler: auto``: 18,528 layouts
+(9 full chunks of :data:`autotune.study.analytic.CHUNK` and one of 528). A driver is killed with SIGKILL
 from inside a stage transaction: a ``before_commit`` listener in the driver's own process counts the
 stage's commits and kills itself on the Nth, after its rows were inserted and before they were
 committed, and first writes down how many rows that transaction saw (its own uncommitted ones
@@ -29,8 +29,8 @@ from autotune.study.run import DASHBOARD_TRIALS
 pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "search_spaces" / "examples" / "llama3-70b-64xh100.yaml"
-ROWS = 14_832
-"""Layouts of the example's specialised megatron space on 64 GPUs at global batch 512 (8 chunks)."""
+ROWS = 18_528
+"""Layouts of the example's specialised megatron space on 64 GPUs at global batch 512 (10 chunks)."""
 TIMEOUT_S = 120
 KILLER = r"""
 import os, signal, sys

@@ -58,6 +58,7 @@ WORLD2 = {
     "pp_1f1b": (LLAMA, _cfg(LLAMA, 2, pp=2), "1f1b", "fp32"),
     "pp_interleaved": (LLAMA, _cfg(LLAMA, 2, pp=2, vpp=2), "1f1b", "fp32"),
     "pp_gpipe": (LLAMA, _cfg(LLAMA, 2, pp=2), "gpipe", "fp32"),
+    "pp_uneven": (LLAMA, _cfg(LLAMA, 2, pp=2, pp_first_layers=1), "1f1b", "fp32"),  # stages of 1 and 3 blocks
     "recompute_full": (LLAMA, _cfg(LLAMA, 2, recompute="full", recompute_layers=2), "1f1b", "fp32"),
     "recompute_selective": (LLAMA, _cfg(LLAMA, 2, recompute="selective"), "1f1b", "fp32"),
     "gpt_tp_sp": (GPT, _cfg(GPT, 2, tp=2, sequence_parallel=True), "1f1b", "fp32"),

@@ -21,7 +21,7 @@ def test_derives_dp_and_grad_accum(llama8b) -> None:
 @pytest.mark.parametrize("kwargs,gpus,message", [
     (dict(tp=3), 9, "tp=3 does not divide heads=32"),
     (dict(tp=4, pp=3), 8, "tp*pp*cp=4*3*1=12 does not divide gpus=8"),
-    (dict(pp=3), 3, "layers=32 is not divisible by pp*vpp=3*1=3"),
+    (dict(pp=3, vpp=3), 3, "layers=32 is not divisible by pp*vpp=3*3=9"),
     (dict(pp=2, vpp=3), 2, "layers=32 is not divisible by pp*vpp=2*3=6"),
     (dict(vpp=2), 1, "vpp=2 needs pp > 1"),
     (dict(cp=3), 3, "cp=3 does not divide seq_len=8192"),

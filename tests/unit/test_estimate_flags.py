@@ -30,11 +30,15 @@ BOOL_FIELDS = {f.name for f in dataclasses.fields(ParallelConfig) if f.type == "
     name for name, f in TrainingSpec.model_fields.items() if f.annotation is bool}
 BASE = ["estimate", "--model", "llama3-8b", "--gpu", "h100-sxm", "--gpus", "16", "--seq-len", "2048",
         "--global-batch", "64", "--json"]
-#: A non-default value for every layout field (two layouts: GPipe cannot interleave).
-INTERLEAVED = {"tp": 2, "pp": 2, "cp": 2, "vpp": 2, "zero": 1, "dp_shard": 1, "micro_batch": 2, "recompute": "full",
-               "recompute_layers": 3, "sequence_parallel": True, "tp_comm_overlap": True,
+#: A non-default value for every layout field (two layouts: GPipe cannot interleave). Uneven stages of
+#: Llama-3-8B's 32 layers: pp 2 with 14 on the first leaves 18 on the last; pp 4 with 6 and 10 on the ends
+#: leaves (32 - 16) / 2 = 8 on each middle stage.
+INTERLEAVED = {"tp": 2, "pp": 2, "cp": 2, "vpp": 2, "pp_first_layers": 14, "zero": 1, "dp_shard": 1,
+               "micro_batch": 2, "recompute": "full", "recompute_layers": 3, "sequence_parallel": True,
+               "tp_comm_overlap": True,
                "overlap_grad_reduce": False, "overlap_param_gather": False}
-GPIPE = {"pp": 4, "pp_schedule": "gpipe", "zero": 3, "dp_shard": 2, "recompute": "selective"}
+GPIPE = {"pp": 4, "pp_first_layers": 6, "pp_last_layers": 10, "pp_schedule": "gpipe", "zero": 3, "dp_shard": 2,
+         "recompute": "selective"}
 #: The expert-parallel fields, on a mixture-of-experts preset (a dense model refuses them).
 EXPERT = {"ep": 4, "etp": 2}
 

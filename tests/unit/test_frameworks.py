@@ -39,6 +39,9 @@ CASES = [
      "deepspeed: tp_comm_overlap=True is not supported (Megatron-DeepSpeed has no TP comm overlap)"),
     ("deepspeed", "precision", ParallelConfig(), BF16.model_copy(update={"precision": "fp8"}),
      "deepspeed: precision=fp8 is not supported (DeepSpeed trains in fp32, fp16 or bf16)"),
+    ("deepspeed", "pp_first_layers", ParallelConfig(pp=8, pp_first_layers=15, pp_last_layers=15), BF16,
+     "deepspeed: pp_first_layers=15 pp_last_layers=15 is not supported (Megatron-DeepSpeed partitions with"
+     " partition_method='type:transformer': no first/last stage layer count)"),
     ("torchtitan", "zero", ParallelConfig(zero=1, dp=8, dp_shard=8), BF16,
      "torchtitan: zero=1 is not supported (FSDP2 shards parameters too: use zero=2 or zero=3)"),
     ("torchtitan", "zero", ParallelConfig(cp=2, dp=4), BF16,

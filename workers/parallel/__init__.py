@@ -17,6 +17,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining.schedules import _PipelineSchedule
 
 from autotune.config import ParallelConfig
+from autotune.pipeline import virtual_stage_layers
 from autotune.spec import ModelSpec
 from workers.model import build_model
 from workers.parallel.cp import check_cp
@@ -103,7 +104,8 @@ def parallelize(
     model = build_model(spec, seq_len=seq_len, seed=seed)
     n_stages = cfg.pp * cfg.vpp
     ids = stage_ids(mesh["pp"].get_local_rank(), cfg.pp, cfg.vpp) if n_stages > 1 else [0]
-    parts = [split_model(model, i, n_stages).to(dev) for i in ids] if n_stages > 1 else [model.to(dev)]
+    sizes = virtual_stage_layers(spec.layers, cfg.pp, cfg.vpp, cfg.pp_first_layers, cfg.pp_last_layers)
+    parts = [split_model(model, i, sizes).to(dev) for i in ids] if n_stages > 1 else [model.to(dev)]
     dp_mesh = grad_mesh(flat, cfg)
     shard_mesh = dp_mesh if dp_mesh.ndim == 1 else dp_mesh["dp_shard"]
     for i, part in enumerate(parts):

@@ -1,8 +1,10 @@
 """Pipeline parallelism with ``torch.distributed.pipelining``.
 
-The model is cut into ``pp · vpp`` stages of ``layers / (pp · vpp)`` consecutive blocks; stage ``i``
-lives on pipeline rank ``i mod pp`` (looped placement, Narayanan et al. 2021), the first stage keeps the
-embeddings, the last the final norm and output. Schedules: GPipe, 1F1B, and interleaved 1F1B when
+The model is cut into ``pp · vpp`` stages of consecutive blocks, ``layers / (pp · vpp)`` each when even
+and :func:`autotune.pipeline.virtual_stage_layers` of the layout's first/last stage counts otherwise (the
+split the cost model and the dry run use); stage ``i`` lives on pipeline rank ``i mod pp`` (looped
+placement, Narayanan et al. 2021), the first stage keeps the embeddings, the last the final norm and
+output. Schedules: GPipe, 1F1B, and interleaved 1F1B when
 ``vpp > 1``. The schedules split each rank's batch into ``n_microbatches`` and scale gradients by
 ``1 / n_microbatches``, so the loss function is a plain per-micro-batch mean.
 """
@@ -31,19 +33,18 @@ def stage_ids(pp_rank: int, pp: int, vpp: int) -> list[int]:
     return [pp_rank + v * pp for v in range(vpp)]
 
 
-def split_model(model: nn.Module, stage: int, n_stages: int) -> nn.Module:
-    """A copy of ``model`` holding only the blocks, embeddings and head of ``stage``."""
+def split_model(model: nn.Module, stage: int, sizes: list[int]) -> nn.Module:
+    """A copy of ``model`` holding only the blocks, embeddings and head of ``stage``; ``sizes`` are the
+    blocks of every stage in order (:func:`autotune.pipeline.virtual_stage_layers`)."""
+    n_stages = len(sizes)
     if model.spec.tied_embeddings and n_stages > 1:
         raise UnsupportedLayout(
             "pipeline parallelism with tied embeddings (first and last stage share a matrix)"
         )
-    n_layers = len(model.layers)
-    if n_layers % n_stages:
-        raise UnsupportedLayout(f"layers={n_layers} is not divisible into {n_stages} pipeline stages")
-    per = n_layers // n_stages
+    start = sum(sizes[:stage])
     chunk = copy.deepcopy(model)
     for name in list(chunk.layers.keys()):
-        if not stage * per <= int(name) < (stage + 1) * per:
+        if not start <= int(name) < start + sizes[stage]:
             del chunk.layers[name]
     if stage > 0:
         chunk.tok_embeddings = chunk.pos_embeddings = None
