@@ -9,8 +9,8 @@ row written into the row and summarised per family as the rms of ln(measured / p
   linear GEMM (:mod:`autotune.costmodel.compute`): FLOPs / (peak · eff) + ``gemm_latency_us``, eff from
   ``gemm_efficiency`` (``fp8_gemm_efficiency`` at the fp8 peak for fp8).
 - ``attention_<backend>_<fwd|bwd>``: SDPA causal attention, FLOPs counted causally as FlashAttention's
-  benchmarks do (Dao 2023, FlashAttention-2, §4.1; ``benchmarks/benchmark_flash_attention.py`` of
-  Dao-AILab/flash-attention v2.5): forward 4·b·h·s²·d / 2, backward 2.5× forward
+  benchmarks do (Dao 2023, FlashAttention-2, §4.1; ``flops()`` in ``benchmarks/benchmark_flash_attention.py``
+  of Dao-AILab/flash-attention v2.x): forward 4·b·h·s²·d / 2, backward 2.5× forward
   (``compute.FLASH_BWD_RATIO``), as a fraction of the bf16 peak. Each SDPA backend stands for the stack that
   runs that kernel (:data:`SDPA_BACKENDS`); the prediction is that stack's kernel on this GPU
   (``compute.attention_kernel`` / ``attention_efficiency``), or, where the profile describes none, the GEMM
