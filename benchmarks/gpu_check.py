@@ -45,7 +45,7 @@ from autotune.catalog import get_gpu, gpu_names
 from autotune.spec import ModelSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check_profile import FFN_RATIO, SDPA_BACKENDS, annotate, report_lines, train_layout  # noqa: E402
+from gpu_check_profile import FFN_RATIO, SDPA_BACKENDS, annotate, gemm_flops, report_lines, train_layout  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
@@ -119,7 +119,7 @@ def gemm_sweep(dev: torch.device, sz: Sizes) -> list[dict]:
             for t in sz.tokens:
                 a = torch.randn(t, w, device=dev, dtype=dt)
                 b = torch.randn(w, FFN_RATIO * w, device=dev, dtype=dt)
-                flops = 2 * t * w * FFN_RATIO * w
+                flops = gemm_flops(w, t)
                 row = {"dtype": name, "width": w, "tokens": t,
                        "tflops": flops / _time(lambda a=a, b=b: a @ b, 3, sz.reps, sz.inner) / 1e12,
                        "tflops_synced": flops / _time(lambda a=a, b=b: a @ b, 3, sz.reps) / 1e12}
@@ -159,7 +159,7 @@ def fp8_sweep(dev: torch.device, sz: Sizes) -> list[dict]:
             ref = (a @ bt.t()).float()
             err = torch.linalg.norm(_fp8_matmul(a8, b8, sa, sb).float() - ref) / torch.linalg.norm(ref)
             sec = _time(lambda a8=a8, b8=b8, sa=sa, sb=sb: _fp8_matmul(a8, b8, sa, sb), 3, sz.reps, sz.inner)
-            row = {"dtype": "fp8", "width": w, "tokens": t, "tflops": 2 * t * w * FFN_RATIO * w / sec / 1e12,
+            row = {"dtype": "fp8", "width": w, "tokens": t, "tflops": gemm_flops(w, t) / sec / 1e12,
                    "rel_error": float(err)}
             rows.append(row)
             print(json.dumps(row), flush=True)
