@@ -96,13 +96,7 @@ def resolve_stack(ref: str | StackSpec | None, framework: str = "any") -> StackS
         return ref
     if ref is None:
         return get_stack(default_stack(framework))
-    if not _is_path(ref):
-        return get_stack(ref)
-    path = Path(ref)
-    try:
-        return StackSpec.model_validate({"name": path.stem, **read_mapping(path, "training.stack")})
-    except ValidationError as e:
-        raise SpecError(format_validation_error(e, StackSpec, prefix="training.stack.")) from e
+    return get_stack(ref) if not _is_path(ref) else _profile_file(Path(ref), StackSpec, "training.stack")
 
 
 def model_names() -> list[str]:
@@ -155,10 +149,12 @@ def resolve_model(ref: str | ModelSpec) -> ModelSpec:
 
 def resolve_gpu(ref: str) -> GPUSpec:
     """A GPUSpec from a catalog name or a GPU YAML path."""
-    if not _is_path(ref):
-        return get_gpu(ref)
-    path = Path(ref)
+    return get_gpu(ref) if not _is_path(ref) else _profile_file(Path(ref), GPUSpec, "cluster.gpu")
+
+
+def _profile_file(path: Path, kind: type[GPUSpec] | type[StackSpec], where: str) -> Any:
+    """A GPU or stack profile from a YAML file, named after the file; field errors prefixed with ``where``."""
     try:
-        return GPUSpec.model_validate({"name": path.stem, **read_mapping(path, "cluster.gpu")})
+        return kind.model_validate({"name": path.stem, **read_mapping(path, where)})
     except ValidationError as e:
-        raise SpecError(format_validation_error(e, GPUSpec, prefix="cluster.gpu.")) from e
+        raise SpecError(format_validation_error(e, kind, prefix=f"{where}.")) from e
