@@ -20,6 +20,7 @@ from autotune.spec import FIDELITIES, SAMPLERS, StudySpec, parse_spec
 from autotune.store.profiles import load_profile
 from autotune.store.storage import Storage
 from autotune.study.plan import StudyPlan, plan_study
+from autotune.study.resolve import pin_stack
 from autotune.study.run import run_study
 from autotune.study.run_options import Progress as StudyProgress
 from autotune.study.run_options import RunOptions
@@ -86,6 +87,9 @@ def submit_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the best layout as JSON."),
     profile: str | None = typer.Option(None, help="Score with this stored calibrated profile (NAME or NAME@V) "
                                                   "instead of cluster.gpu's."),
+    stack_profile: str | None = typer.Option(None, help="Score with this stored stack profile (NAME or NAME@V, "
+                                                        "`calibrate --from-study S --stack NAME`) instead of "
+                                                        "training.stack."),
 ) -> None:
     """Run a tuning study and print the best layout that fits."""
     data = spec_with_overrides(spec, {
@@ -97,6 +101,7 @@ def submit_cmd(
     if gpu is not None:  # pin the exact version in the stored spec, for resume, report and export
         study_spec = study_spec.model_copy(update={"cluster": study_spec.cluster.model_copy(
             update={"profile": gpu.name})})
+    study_spec = pin_stack(study_spec, stack_profile, storage)
     plan = plan_study(study_spec, gpu=gpu, storage=storage)
     store = Storage(storage)
     exists = store.study_spec(study_spec.name) is not None

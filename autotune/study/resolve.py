@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from autotune.catalog import default_stack, is_stored_stack, resolve_gpu, resolve_model, resolve_stack
 from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, StackSpec, StudySpec, TrainingSpec
 
-__all__ = ["Problem", "resolve", "study_stack", "resolve_training_stack"]
+__all__ = ["Problem", "resolve", "study_stack", "resolve_training_stack", "pin_stack"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,17 @@ def resolve_training_stack(ref: str | StackSpec, storage: str | None = None) -> 
 
         return load_stack_profile(ref, storage)
     return resolve_stack(ref)
+
+
+def pin_stack(spec: StudySpec, ref: str | None = None, storage: str | None = None) -> StudySpec:
+    """``spec`` with ``training.stack`` set to ``ref`` when given (``submit --stack-profile``), and a stored stack
+    profile reference pinned to its exact ``NAME@V`` in the database at ``storage``, so ``resume``, ``best``,
+    ``report``, ``export`` and the reproduce commands score with that version after a newer one is stored (as
+    ``cluster.profile`` is pinned); catalog stacks and files unchanged. An unknown profile is a one-line
+    SpecError naming ``training.stack``."""
+    stack = ref if ref is not None else spec.training.stack
+    if isinstance(stack, str) and is_stored_stack(stack):
+        from autotune.store.profiles import load_stack_profile
+
+        stack = load_stack_profile(stack, storage).name
+    return spec.model_copy(update={"training": spec.training.model_copy(update={"stack": stack})})
