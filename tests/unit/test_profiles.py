@@ -178,6 +178,10 @@ def test_training_stack_names_a_stored_profile(db) -> None:
             resolve(wrong, storage=url)
     with pytest.raises(SpecError, match="training.stack: 'mine' is no catalog stack or file"):
         pin_stack(latest, storage=f"sqlite:///{url.rsplit('/', 1)[0]}/missing.db")
+    from autotune.results.reproduce import estimate_command
+
+    printed = estimate_command(spec, {"tp": 1, "nodes": 1}, storage_url=url)
+    assert " --stack mine@1 " in printed and f" --storage {url}" in printed and "--profile" not in printed
 
 
 def test_estimate_takes_a_stored_stack(db, cli) -> None:
