@@ -11,7 +11,8 @@ of the row's layout and training target on the candidate stack. The small prior 
 :data:`autotune.calibration.refit.PRIOR`) keeps a field the rows cannot tell apart from another at its start
 value; a field whose start value is 0 (``layer_host_us`` of the eager stack) has no scale to pull towards and
 no prior. The fit reports the rms error sqrt(mean r_i²) before and after — the quantity it minimises, so it
-never rises — and :func:`autotune.calibration.refit.error_metrics` (median |error|, Kendall's τ).
+does not rise (but for the FLOOR a zero field starts from) — and :func:`autotune.calibration.refit.error_metrics`
+(median |error|, Kendall's τ).
 
 How the fields enter the step time (:mod:`autotune.costmodel.compute`, :mod:`autotune.costmodel.time`):
 ``layer_host_us`` floors a layer's forward + backward per micro-batch (a layer waits for its host), so below
@@ -141,7 +142,8 @@ def fit_stack(model: ModelSpec, gpu: GPUSpec, gpus_per_node: int, trainings: Seq
     starts = [x0] + [np.clip(np.where(flat, lo + q * (hi - lo), x0), lo + 1e-9, hi - 1e-9)
                      for q in START_QUANTILES if flat.any()]
     sol = min((least_squares(resid, x0=s, bounds=(lo, hi), x_scale=1.0) for s in starts), key=lambda r: r.cost)
-    fitted = StackSpec.model_validate(_with(base, names, np.exp(sol.x)).model_dump())
+    values = np.clip(np.exp(sol.x), [STACK_FIELDS[n][0] for n in names], [STACK_FIELDS[n][1] for n in names])
+    fitted = StackSpec.model_validate(_with(base, names, values).model_dump())  # exp(log(2)) may exceed 2
     report: dict[str, Any] = {"fields": {n: {"before": getattr(base, n), "after": getattr(fitted, n)} for n in names}}
     for when, stack in (("before", base), ("after", fitted)):
         pred = predict_rows(model, gpu, gpus_per_node, trainings, configs, stack, nics_per_node)
