@@ -548,8 +548,11 @@ class TrainingSpec(_Frozen):
         ),
     )
     flash_attention: bool = Field(True, description="Fused attention: no s x s score matrices stored.")
-    stack: str | None = Field(None, description="Training stack profile (catalog stacks.yaml name or a YAML path); "
-                              "default: the search space's framework's stack (megatron-te for estimates).")
+    stack: str | StackSpec | None = Field(
+        None, description="Training stack profile: a catalog stacks.yaml name, a YAML path, or a stored stack profile "
+        "NAME or NAME@V (`autotune calibrate --from-study STUDY --stack NAME`) in the study's database (`submit` pins "
+        "NAME@V); default: the search space's framework's stack (megatron-te for estimates). A resolved study holds "
+        "the StackSpec itself.")
     tokens: PosFloat | None = Field(None, description="Dataset size in tokens.")
     samples: PosInt | None = Field(None, description="Dataset size in sequences (with epochs).")
     epochs: PosFloat = Field(1.0, description="Passes over `samples`.")

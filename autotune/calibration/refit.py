@@ -18,6 +18,7 @@ peak instead (same predictions, ``gemm_eff_max`` = 0.85).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,12 @@ from autotune.config import ParallelConfig, derive
 from autotune.costmodel.compute import peak_flops
 from autotune.costmodel.layout import layout_arrays
 from autotune.costmodel.time import step_time
+from autotune.errors import SpecError
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 from autotune.store.storage import EvaluationRecord
 
-__all__ = ["PARAMS", "PRIOR", "ROBUST_SCALE", "error_metrics", "predict", "fit_measured", "measured_rows", "config_of"]
+__all__ = ["PARAMS", "PRIOR", "ROBUST_SCALE", "error_metrics", "predict", "fit_measured", "measured_rows", "config_of",
+           "check_fields"]
 
 #: Fields refitted by default, with (low, high) bounds.
 PARAMS: dict[str, tuple[float, float]] = {
@@ -57,6 +60,18 @@ ZERO_STARTS = (1.0, 100.0, 10000.0)
 """Multiples of :data:`_START` the fit starts a zero-based field from (the best solution is kept): in log
 space a field far below its fitted value has almost no gradient (10 µs of host cost where 15 ms is
 needed), so one start can stay stuck."""
+
+
+def check_fields(names: Sequence[str], allowed: Mapping[str, Any], what: str, field: str = "fields") -> list[str]:
+    """``names`` as a list when each is one of ``allowed`` (the fittable ``what`` profile fields) and none
+    repeats; else a one-line SpecError naming ``field`` and listing the allowed names."""
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise SpecError(f"{field}: {', '.join(map(repr, bad)) or 'none'} not fittable {what} fields "
+                        f"(allowed: {', '.join(allowed)})")
+    if len(set(names)) != len(names):
+        raise SpecError(f"{field}: a field is listed twice ({', '.join(names)})")
+    return list(names)
 
 
 def error_metrics(predicted: Any, measured: Any) -> dict[str, float]:
@@ -126,8 +141,9 @@ def fit_measured(model: ModelSpec, training: TrainingSpec, gpus_per_node: int, c
 
 
 def config_of(model: ModelSpec, training: TrainingSpec, gpus: int, layout: dict[str, Any]) -> ParallelConfig:
-    """The validated layout of a stored layout dict (``dp``, ``grad_accum``, ``nodes`` are derived)."""
-    kwargs = {k: v for k, v in layout.items() if k not in ("dp", "grad_accum", "nodes")}
+    """The validated layout of a stored layout dict (``dp``, ``grad_accum`` are derived; ``nodes`` and
+    ``global_batch`` are the study case's, in ``gpus`` and ``training``)."""
+    kwargs = {k: v for k, v in layout.items() if k not in ("dp", "grad_accum", "nodes", "global_batch")}
     return derive(model, training, gpus, **kwargs)
 
 

@@ -21,7 +21,7 @@ from autotune.errors import SpecError
 from autotune.spec import GPUSpec, ModelSpec, StackSpec, format_validation_error, read_mapping
 
 __all__ = ["model_names", "gpu_names", "stack_names", "get_model", "get_gpu", "get_stack", "resolve_model",
-           "resolve_gpu", "resolve_stack", "default_stack", "FRAMEWORK_STACKS", "from_hf_config"]
+           "resolve_gpu", "resolve_stack", "default_stack", "FRAMEWORK_STACKS", "from_hf_config", "is_stored_stack"]
 
 #: The stack a framework's layouts are scored on unless ``training.stack`` names another.
 FRAMEWORK_STACKS: dict[str, str] = {"megatron": "megatron-te", "deepspeed": "deepspeed",
@@ -97,6 +97,13 @@ def resolve_stack(ref: str | StackSpec | None, framework: str = "any") -> StackS
     if ref is None:
         return get_stack(default_stack(framework))
     return get_stack(ref) if not _is_path(ref) else _profile_file(Path(ref), StackSpec, "training.stack")
+
+
+def is_stored_stack(ref: str) -> bool:
+    """Whether a ``training.stack`` reference names a stored stack profile (``autotune calibrate --stack``,
+    resolved by :func:`autotune.study.resolve.resolve_training_stack`): neither a catalog stack nor a file
+    path. Catalog names win, so a stored profile named like a catalog stack is referred to as NAME@V."""
+    return ref not in _stacks() and not _is_path(ref)
 
 
 def model_names() -> list[str]:

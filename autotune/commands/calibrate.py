@@ -1,5 +1,5 @@
-"""``autotune calibrate`` (microbenchmarks or a study's measured trials -> a stored profile) and
-``autotune profiles`` (list, show, export)."""
+"""``autotune calibrate`` (microbenchmarks or a study's measured trials -> a stored GPU profile; a study's
+measured trials -> a stored stack profile with ``--stack``) and ``autotune profiles`` (list, show, export)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 import typer
 
 from autotune.calibration.fit import fit_profile
-from autotune.calibration.refit import config_of, fit_measured, measured_rows
+from autotune.calibration.refit import PARAMS, check_fields, config_of, fit_measured, measured_rows
 from autotune.calibration.run import microbenchmarks, training_steps
+from autotune.calibration.stack_refit import STACK_FIELDS, stack_from_study
 from autotune.catalog import resolve_gpu
 from autotune.errors import SpecError
 from autotune.results.render import console
@@ -30,13 +31,14 @@ def _base_gpu(ref: str, profiles: ProfileStore) -> GPUSpec:
     """A stored profile (NAME or NAME@V) if there is one by that name, else a catalog GPU or GPU file."""
     if "/" not in ref and not ref.endswith((".yaml", ".yml")):
         name, _ = parse_ref(ref)
-        if any(p["name"] == name for p in profiles.list()):
+        if any(p["name"] == name and p["profile_kind"] == "gpu" for p in profiles.list()):
             return profiles.get(ref).gpu()
     return resolve_gpu(ref)
 
 
-def _from_study(store: Storage, study: str, base: GPUSpec) -> tuple[GPUSpec, dict[str, Any]]:
-    """Refit ``base`` to the measured trials of ``study``."""
+def _from_study(store: Storage, study: str, base: GPUSpec, params: list[str] | None = None
+                ) -> tuple[GPUSpec, dict[str, Any]]:
+    """Refit ``base`` (``params`` of it, default refit.PARAMS) to the measured trials of ``study``."""
     saved = store.require_spec(study, field="from-study")
     problem = resolve(parse_spec(saved), gpu=base)
     rows = measured_rows(store.evaluations(study))
@@ -46,13 +48,34 @@ def _from_study(store: Storage, study: str, base: GPUSpec) -> tuple[GPUSpec, dic
     gpn = problem.cluster.gpus_per_node
     configs = [config_of(problem.model, problem.training, gpn * r.layout.get("nodes", 1), r.layout) for r in rows]
     gpu, report = fit_measured(problem.model, problem.training, gpn, configs,
-                               [r.metrics["step_time_s"] for r in rows], base)
+                               [r.metrics["step_time_s"] for r in rows], base, params)
     source = {"kind": "study", "study": study, "storage": store.display_url, "trials": [r.trial for r in rows],
               "rows": len(rows), "hosts": sorted({r.host for r in rows}), **report}
     return gpu, source
 
 
+def _field_list(text: str | None, allowed: dict[str, Any], what: str) -> list[str] | None:
+    """``--fields a,b`` as a list of ``allowed`` names (None: the fit's defaults)."""
+    if text is None:
+        return None
+    return check_fields([n.strip() for n in text.split(",") if n.strip()], allowed, what)
+
+
+def _print_stack_fit(profile: Any, source: dict[str, Any]) -> None:
+    console.print(f"stored stack profile [bold]{profile.ref}[/bold] (from {profile.base}, study {source['study']}: "
+                  f"{source['rows']} measured trials, GPU profile {source['gpu']} fixed)")
+    for when in ("before", "after"):
+        e = source[when]
+        console.print(f"  {when:6s}: rms log error {e['rms_log_error']:.4f}, median |error| "
+                      f"{e['median_abs_rel_error']:.1%}, Kendall tau {e['kendall_tau']:.3f}")
+    for name, v in source["fields"].items():
+        console.print(f"  {name}: {v['before']:.4g} -> {v['after']:.4g}")
+
+
 def _print_fit(profile: Any, source: dict[str, Any]) -> None:
+    if profile.profile_kind == "stack":
+        _print_stack_fit(profile, source)
+        return
     console.print(f"stored profile [bold]{profile.ref}[/bold] (from {profile.base}, {source['kind']})")
     if source["kind"] == "study":
         for when in ("before", "after"):
@@ -84,6 +107,12 @@ def calibrate_cmd(
                                                "[default: cpu; with --from-study the study's GPU]."),
     from_study: str | None = typer.Option(None, "--from-study", help="Refit to this study's measured trials "
                                                                        "instead of running microbenchmarks."),
+    stack: str | None = typer.Option(None, "--stack", help="With --from-study: refit the stack the study scored on "
+                                     "(its GPU profile fixed) instead of its GPU profile, stored as the next "
+                                     "version of this stack profile NAME (use it as training.stack: NAME@V)."),
+    fields: str | None = typer.Option(None, "--fields", help="With --from-study: comma-separated fields to fit "
+                                      "[default: --stack: layer_host_us, elementwise_factor (and attention_factor "
+                                      "when the trials vary the sequence length); else the GPU refit's fields]."),
     gpus_per_node: int = typer.Option(4, min=1, help="Ranks per node to benchmark (compute contention, groups)."),
     threads: int = typer.Option(1, min=1, help="CPU: torch threads per rank (a measured trial's rank runs 1)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer shapes, sizes and calibration layouts "
@@ -97,14 +126,25 @@ def calibrate_cmd(
 ) -> None:
     """Fit a hardware profile (GEMM curve, memory bandwidth, per-layer overhead, link alpha/beta) to
     microbenchmarks and a few real training steps on the Ray workers' devices, or to a study's measured
-    step times, and store it as the next version of NAME."""
-    store = Storage(storage)
+    step times, and store it as the next version of NAME; with --from-study STUDY --stack NAME, fit the
+    study's training stack profile instead (host time per layer, kernel fusion, attention integration)."""
+    if (stack is not None or fields is not None) and from_study is None:
+        raise SpecError(f"{'stack' if stack is not None else 'fields'}: needs --from-study STUDY (a refit to a "
+                        "study's measured trials)")
+    if stack is not None and name is not None:
+        raise SpecError("name: names a GPU profile; with --stack NAME the stack profile is named by --stack")
+    store = Storage(storage, create=from_study is None)
     profiles = ProfileStore(store)
+    if stack is not None:
+        parse_ref(stack, "stack")
+        fitted, source = stack_from_study(store, from_study, _field_list(fields, STACK_FIELDS, "stack"))
+        _store(profiles.add(stack, fitted, source["stack"], source), source, json_out)
+        return
     if from_study is not None:
         saved = store.study_spec(from_study)
         base_ref = base or (saved or {}).get("cluster", {}).get("gpu") or "cpu"
         base_gpu = _base_gpu(base_ref, profiles)
-        gpu, source = _from_study(store, from_study, base_gpu)
+        gpu, source = _from_study(store, from_study, base_gpu, _field_list(fields, PARAMS, "GPU profile"))
     else:
         base_ref = base or "cpu"
         base_gpu = _base_gpu(base_ref, profiles)
@@ -116,16 +156,20 @@ def calibrate_cmd(
             gpu, source["steps"] = training_steps(gpu, info, quick, quiet or json_out)
         source["wall_s"] = time.monotonic() - start
     profile_name = name or parse_ref(base_ref.rsplit("/", 1)[-1].removesuffix(".yaml"))[0]
-    profile = profiles.add(profile_name, gpu, base_ref, source)
+    _store(profiles.add(profile_name, gpu, base_ref, source), source, json_out)
+
+
+def _store(profile: Any, source: dict[str, Any], json_out: bool) -> None:
+    """Print a stored profile and its fit report (JSON with ``--json``)."""
     if json_out:
         summary = {k: v for k, v in source.items() if k != "data"}
-        typer.echo(json.dumps({"ref": profile.ref, "fields": profile.fields, "source": summary}, indent=2,
-                              default=float))
+        typer.echo(json.dumps({"ref": profile.ref, "profile_kind": profile.profile_kind, "fields": profile.fields,
+                               "source": summary}, indent=2, default=float))
     else:
         _print_fit(profile, source)
 
 
-profiles_app = typer.Typer(help="Stored hardware profiles: list, show, export.", no_args_is_help=False,
+profiles_app = typer.Typer(help="Stored GPU and stack profiles: list, show, export.", no_args_is_help=False,
                            rich_markup_mode=None)
 
 
@@ -145,14 +189,21 @@ def profiles_cmd(
     from rich.table import Table
 
     table = Table(title="Profiles")
-    for col in ("profile", "base", "fitted on", "created", "peak TFLOP/s", "gemm_eff_max", "layer_overhead_us"):
+    for col in ("profile", "kind", "base", "fitted on", "created", "figures"):
         table.add_column(col)
     for r in rows:
-        f = r["fields"]
-        table.add_row(r["ref"], r["base"], str(r["kind"]), str(r["created_at"]),
-                      ", ".join(f"{k} {v:.3g}" for k, v in f["peak_tflops"].items()), f"{f['gemm_eff_max']:.3f}",
-                      f"{f.get('layer_overhead_us', 0.0):.0f}")
+        table.add_row(r["ref"], r["profile_kind"], r["base"], str(r["kind"]), str(r["created_at"]),
+                      _figures(r["profile_kind"], r["fields"]))
     console.print(table)
+
+
+def _figures(kind: str, f: dict[str, Any]) -> str:
+    """A profile's headline figures for the list."""
+    if kind == "stack":
+        return ", ".join(f"{k} {f[k]:.4g}" for k in STACK_FIELDS)
+    peaks = ", ".join(f"{k} {v:.3g}" for k, v in f["peak_tflops"].items())
+    return f"peak TFLOP/s {peaks}; gemm_eff_max {f['gemm_eff_max']:.3f}; layer_overhead_us " \
+           f"{f.get('layer_overhead_us', 0.0):.0f}"
 
 
 @profiles_app.command("show")
@@ -163,17 +214,19 @@ def show_cmd(
     """Print one profile's fields and what it was fitted on, as JSON (without the raw benchmark rows)."""
     p = ProfileStore(Storage(storage, create=False)).get(ref)
     source = {k: v for k, v in p.source.items() if k != "data"}
-    typer.echo(json.dumps({"ref": p.ref, "base": p.base, "created_at": p.created_at, "fields": p.fields,
-                           "source": source}, indent=2))
+    typer.echo(json.dumps({"ref": p.ref, "profile_kind": p.profile_kind, "base": p.base, "created_at": p.created_at,
+                           "fields": p.fields, "source": source}, indent=2))
 
 
 @profiles_app.command("export")
 def export_profile_cmd(
     ref: str = typer.Argument(..., help="NAME (latest version) or NAME@VERSION."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write this GPU YAML file [default: stdout]."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write this GPU (or stack) YAML file "
+                                                                    "[default: stdout]."),
     storage: str | None = typer.Option(None, help=STORAGE_HELP),
 ) -> None:
-    """Write a profile as a GPU YAML file, loadable with `cluster.gpu: FILE`."""
+    """Write a profile as a GPU YAML file, loadable with `cluster.gpu: FILE` (a stack profile: a stack YAML
+    file, loadable with `training.stack: FILE`)."""
     text = to_yaml(ProfileStore(Storage(storage, create=False)).get(ref))
     if output is None:
         typer.echo(text, nl=False)

@@ -183,8 +183,8 @@ def estimate_cmd(
     snapshot_gbps: float | None = typer.Option(None, help=_reliability_help("snapshot_gbps")),
     checkpoint_interval_min: float | None = typer.Option(None, help=_reliability_help("checkpoint_interval_min")),
     profile: str | None = typer.Option(None, help="Stored calibrated profile NAME or NAME@VERSION (replaces --gpu)."),
-    storage: str | None = typer.Option(None, help="SQLAlchemy URL holding --profile [default: $AUTOTUNE_STORAGE "
-                                                   "or sqlite:///autotune.db]."),
+    storage: str | None = typer.Option(None, help="SQLAlchemy URL holding --profile or a stored --stack NAME@V "
+                                                   "[default: $AUTOTUNE_STORAGE or sqlite:///autotune.db]."),
     fidelity: str = typer.Option(
         "analytic", help="analytic (cost model) | dryrun (exact per-rank memory and FLOPs from a fake-tensor run)."
     ),

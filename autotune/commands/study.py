@@ -119,11 +119,15 @@ def submit_cmd(
     profile: str | None = typer.Option(None, help="Score with this stored calibrated profile (NAME or NAME@V) "
                                                   "instead of cluster.gpu's."),
     server: str | None = typer.Option(None, help=SERVER_HELP),
+    stack_profile: str | None = typer.Option(None, help="Score with this stored stack profile (NAME or NAME@V, "
+                                                        "`calibrate --from-study S --stack NAME`) instead of "
+                                                        "training.stack."),
 ) -> None:
     """Run a tuning study and print the best layout that fits."""
     data = spec_with_overrides(spec, {
         "name": name, "search.n_trials": n_trials, "search.timeout_s": timeout, "search.sampler": sampler,
-        "search.evaluator": evaluator, "search.workers": workers, "search.seed": seed, "cluster.profile": profile})
+        "search.evaluator": evaluator, "search.workers": workers, "search.seed": seed, "cluster.profile": profile,
+        "training.stack": stack_profile})
     if server:
         _submit_remote(server, data, resume, quiet, json_out)
         return

@@ -16,7 +16,9 @@ stage forward and v backward, plus p−1 hops to fill and drain the pipeline.
 Overlap (only the exposed part counts):
 - TP with ``tp_comm_overlap``: at most TP_OVERLAP of the collectives hide behind at most TP_OVERLAP of
   the linear GEMMs (Megatron-LM / Transformer Engine userbuffers overlap pipelines GEMM chunks with
-  communication chunks; Wang et al. 2023, ASPLOS, hide most but not all of it).
+  communication chunks; Wang et al. 2023, ASPLOS, hide most but not all of it). The overlapped GEMMs slow
+  by the stack's ``comm_compute_slowdown`` of the hidden time (the communication kernels hold SMs: TE's
+  userbuffers reserve ``num_sm`` SMs per overlap).
 - CP: each ring step's K/V transfer overlaps the attention core of the chunk in hand (Ring Attention,
   Liu et al. 2023): only the excess of transfer over core time is exposed.
 - DP/ZeRO (see :func:`dp_comm_exposed`): bucketed and overlapped with backward (gradients) and forward
@@ -174,8 +176,9 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     tp_raw = n_layers * (4.0 + 2.0 * full) * all_reduce(tp_message_bytes(model.hidden, tokens, dtype), tp, tp_bw,
                                                          tp_lat)
     gemm = n_layers * (3.0 + full) * t["linear"]
-    tp_mb = np.where(L["tp_comm_overlap"] > 0,
-                     np.maximum(tp_raw - TP_OVERLAP * gemm, (1.0 - TP_OVERLAP) * tp_raw), tp_raw)
+    tp_exposed = np.maximum(tp_raw - TP_OVERLAP * gemm, (1.0 - TP_OVERLAP) * tp_raw)
+    tp_mb = np.where(L["tp_comm_overlap"] > 0, tp_exposed + stack.comm_compute_slowdown * (tp_raw - tp_exposed),
+                     tp_raw)
 
     cp_bw, cp_lat = link(gpu, gpus_per_node, sp["cp"], 1, nics_per_node)
     kv_local = model.head_dim * np.maximum(model.n_kv_heads / tp, 1.0)

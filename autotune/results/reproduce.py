@@ -11,7 +11,8 @@ The command names every input the cost model reads, so it does not depend on def
   directory the study was submitted from); an inline model mapping becomes one JSON object,
   ``--model '{"hidden": 1024, ...}'``, with every ModelSpec field, so no spec file is needed.
 - GPU: ``--gpu`` as the spec gave it, or the calibrated profile pinned at submit (``NAME@V``) with the
-  study's storage URL (a password in it is shown as ``***``: put the real URL in ``--storage``).
+  study's storage URL (a password in it is shown as ``***``: put the real URL in ``--storage``); a stored
+  stack profile (``--stack NAME@V``, pinned at submit) brings the storage URL too.
 - gpus: the layout's ``nodes`` (a study over several node counts stores one per layout) x gpus_per_node;
   global batch: the layout's ``global_batch`` when it carries one, else the spec's.
 - Each value is quoted with :func:`shlex.join`; floats print as their shortest exact repr.
@@ -24,6 +25,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from autotune.catalog import is_stored_stack
 from autotune.config import layout_kwargs
 from autotune.spec import StudySpec, TrainingSpec, parse_spec
 from autotune.study.resolve import study_stack
@@ -68,6 +70,8 @@ def estimate_command(spec: StudySpec | Mapping[str, Any], layout: Mapping[str, A
         training["global_batch"] = layout["global_batch"]
     for name in TrainingSpec.model_fields:
         args += _args(name, training[name])
+    if is_stored_stack(training["stack"]) and not cluster.profile and storage_url:
+        args += ["--storage", storage_url]
     for name, value in layout_kwargs(dict(layout)).items():
         args += _args(name, value)
     if cluster.reliability_on:

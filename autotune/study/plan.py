@@ -70,8 +70,8 @@ class StudyPlan:
         return self.problem.cluster.model_copy(update={"nodes": nodes})
 
     def training(self, global_batch: int) -> TrainingSpec:
-        """The training target at one of the study's global batch sizes."""
-        return self.spec.training.at_batch(global_batch)
+        """The training target at one of the study's global batch sizes, on the resolved stack."""
+        return self.problem.training.at_batch(global_batch)
 
     def tags(self, case: Case) -> dict[str, Any]:
         """What a stored layout records of its case: ``nodes`` always, ``global_batch`` when the study lists

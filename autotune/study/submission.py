@@ -8,20 +8,22 @@ from autotune.search.samplers import make_sampler
 from autotune.spec import parse_spec
 from autotune.store.profiles import load_profile
 from autotune.study.plan import StudyPlan, plan_study
+from autotune.study.resolve import pin_stack
 
 __all__ = ["plan_submission", "preflight"]
 
 
 def plan_submission(data: dict[str, Any], storage: str | None) -> StudyPlan:
-    """Validate ``data`` (a spec mapping, overrides applied) and plan the study; a stored calibrated profile
-    (``cluster.profile``, NAME or NAME@V) is pinned to its exact version in the plan's spec, for resume,
-    report and export. Raises :class:`autotune.errors.SpecError` / :class:`~autotune.errors.StorageError`."""
+    """Validate ``data`` (a spec mapping, overrides applied) and plan the study; a stored calibrated GPU profile
+    (``cluster.profile``) or stack profile (``training.stack``), NAME or NAME@V, is pinned to its exact version
+    in the plan's spec, for resume, report and export. Raises :class:`autotune.errors.SpecError` /
+    :class:`~autotune.errors.StorageError`."""
     spec = parse_spec(data)
     ref = spec.cluster.profile
     gpu = load_profile(ref, storage) if ref else None
     if gpu is not None:
         spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"profile": gpu.name})})
-    return plan_study(spec, gpu=gpu, storage=storage)
+    return plan_study(pin_stack(spec, storage=storage), gpu=gpu, storage=storage)
 
 
 def preflight(plan: StudyPlan) -> None:

@@ -59,7 +59,7 @@ def expected_rows(global_batch: int) -> dict[tuple, dict[str, Any]]:
     estimate, one layout at a time."""
     model, gpu = get_model("llama3-8b"), get_gpu("h100-sxm")
     cluster = ClusterSpec(gpu="h100-sxm", gpus_per_node=8, nodes=1)
-    training = TrainingSpec(**TRAINING, global_batch=global_batch)
+    training = TrainingSpec(**TRAINING, global_batch=global_batch, stack="megatron-te")  # the framework's default
     out = {}
     for tp, pp, zero, mbs in itertools.product(*CHOICES.values()):
         try:

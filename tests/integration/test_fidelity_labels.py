@@ -60,7 +60,8 @@ def test_best_json_and_text(db, capsys, monkeypatch) -> None:
     monkeypatch.setattr(render.console, "width", 240)
     main(["best", NAME, "--storage", db])
     text = capsys.readouterr().out
-    assert "(trial 0, memory: dryrun, time: analytic)" in text
+    assert "(trial 0, memory: dryrun, time: analytic, stack megatron-te)" in text  # the megatron space's stack
+    assert best["stack"] == "megatron-te"
     assert "memory: analytic, time: analytic figures of the same layout" in text
 
 

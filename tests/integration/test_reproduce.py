@@ -144,7 +144,7 @@ def test_layout_global_batch_wins_over_the_spec(cli) -> None:
               "recompute_layers": 3, "sequence_parallel": True, "pp_schedule": "1f1b", "tp_comm_overlap": True,
               "overlap_grad_reduce": False, "overlap_param_gather": True, "nodes": 2, "global_batch": 96}
     training = TrainingSpec(seq_len=4096, global_batch=96, samples=1000, epochs=2.5, optimizer="sgd",
-                            grad_buffers="both", flash_attention=False)
+                            grad_buffers="both", flash_attention=False, stack="megatron-te")  # the megatron space's
     model = get_model("llama3-8b")
     cfg = derive(model, training, 8, **{k: v for k, v in layout.items() if k not in ("nodes", "global_batch")})
     ref = estimate(model, training, get_gpu("h100-sxm"),

@@ -95,3 +95,112 @@ def test_profiles_list_and_export_cli(db, cli, tmp_path) -> None:
     code, _, err = cli(["profiles", "export", "c@1", "-o", str(target), "--storage", url])
     assert code == 0, err
     assert resolve_gpu(str(target)).gemm_eff_max == get_gpu("cpu").gemm_eff_max
+
+
+# --- stack profiles -----------------------------------------------------------------------------------------
+
+
+def test_stack_profiles_have_their_own_kind(db) -> None:
+    _, profiles = db
+    from autotune.catalog import get_stack
+
+    s1 = profiles.add("fast", get_stack("eager").model_copy(update={"layer_host_us": 30.0}), "eager", {"kind": "study"})
+    assert (s1.ref, s1.profile_kind) == ("fast@1", "stack")
+    assert profiles.get("fast").stack().layer_host_us == 30.0 and profiles.get("fast").stack().name == "fast@1"
+    profiles.add("mycpu", get_gpu("cpu"), "cpu", {})
+    assert [(r["ref"], r["profile_kind"]) for r in profiles.list()] == [("fast@1", "stack"), ("mycpu@1", "gpu")]
+    with pytest.raises(SpecError, match="'fast' already names a stack profile"):
+        profiles.add("fast", get_gpu("cpu"), "cpu", {})
+    with pytest.raises(SpecError, match="fast@1 is a stack profile, not a gpu profile"):
+        profiles.get("fast").gpu()
+    with pytest.raises(SpecError, match=r"no profile 'fast' in .* \(stored: mycpu@1;"):
+        profiles.get("fast", kind="gpu")
+    with pytest.raises(SpecError, match=r"training.stack: no stack profile 'mycpu' in .* \(stored: fast@1;"):
+        profiles.get("mycpu", kind="stack", field="training.stack")
+
+
+def test_a_profiles_table_from_before_stack_profiles_keeps_loading(tmp_path) -> None:
+    """The table as the previous release created it (no profile_kind column), with one GPU profile row."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Storage(url).close()  # the studies' tables
+    engine = sa.create_engine(url)
+    fields = json.dumps(get_gpu("cpu").model_dump(mode="json", exclude={"name"}))
+    with engine.begin() as c:
+        c.execute(sa.text("CREATE TABLE autotune_profiles (id INTEGER PRIMARY KEY, name VARCHAR(128), version INTEGER, "
+                          "base VARCHAR(128), fields_json TEXT, source_json TEXT, created_at DATETIME, "
+                          "UNIQUE (name, version))"))
+        c.execute(sa.text("INSERT INTO autotune_profiles (name, version, base, fields_json, source_json) "
+                          "VALUES ('old', 1, 'cpu', :f, '{}')"), {"f": fields})
+    engine.dispose()
+    assert load_profile("old@1", url).gemm_eff_max == get_gpu("cpu").gemm_eff_max
+    store = Storage(url)
+    assert ProfileStore(store).get("old").profile_kind == "gpu"
+    store.close()
+
+
+def test_stack_yaml_export_loads_back_as_a_stack_file(db, tmp_path) -> None:
+    _, profiles = db
+    from autotune.catalog import get_stack, resolve_stack
+
+    stack = get_stack("torchtitan-eager").model_copy(update={"elementwise_factor": 0.77})
+    text = to_yaml(profiles.add("tt", stack, "torchtitan-eager", {"kind": "study", "study": "s"}))
+    assert "training.stack" in text
+    path = tmp_path / "tt.yaml"
+    path.write_text(text)
+    assert resolve_stack(str(path)).model_dump(exclude={"name"}) == stack.model_dump(exclude={"name"})
+
+
+def test_training_stack_names_a_stored_profile(db) -> None:
+    """``training.stack: NAME@V`` resolves from the storage; NAME is pinned to its latest version; a catalog
+    name is left alone; a bad reference is one line naming training.stack."""
+    from autotune.catalog import get_stack
+    from autotune.spec import parse_spec
+    from autotune.study.resolve import pin_stack, resolve
+
+    url, profiles = db
+    profiles.add("mine", get_stack("megatron-te").model_copy(update={"layer_host_us": 500.0}), "megatron-te", {})
+    profiles.add("mine", get_stack("megatron-te").model_copy(update={"layer_host_us": 900.0}), "megatron-te", {})
+    spec = parse_spec({"name": "x", "model": "tiny", "cluster": {"gpu": "h100-sxm"},
+                       "training": {"seq_len": 128, "global_batch": 8, "stack": "mine@1"}})
+    assert resolve(spec, storage=url).training.stack.layer_host_us == 500.0
+    latest = spec.model_copy(update={"training": spec.training.model_copy(update={"stack": "mine"})})
+    assert pin_stack(latest, storage=url).training.stack == "mine@2"
+    assert pin_stack(spec, "mine", storage=url).training.stack == "mine@2"  # submit --stack-profile
+    catalog = spec.model_copy(update={"training": spec.training.model_copy(update={"stack": "eager"})})
+    assert pin_stack(catalog, storage=url).training.stack == "eager"
+    assert resolve(catalog, storage=url).training.stack == get_stack("eager")
+    for bad, text in (("mine@7", "training.stack: no stack profile 'mine@7'"),
+                      ("nope", "training.stack: no stack profile 'nope'")):
+        wrong = spec.model_copy(update={"training": spec.training.model_copy(update={"stack": bad})})
+        with pytest.raises(SpecError, match=text):
+            resolve(wrong, storage=url)
+    with pytest.raises(SpecError, match="training.stack: 'mine' is no catalog stack or file"):
+        pin_stack(latest, storage=f"sqlite:///{url.rsplit('/', 1)[0]}/missing.db")
+    from autotune.results.reproduce import estimate_command
+
+    printed = estimate_command(spec, {"tp": 1, "nodes": 1}, storage_url=url)
+    assert " --stack mine@1 " in printed and f" --storage {url}" in printed and "--profile" not in printed
+
+
+def test_estimate_takes_a_stored_stack(db, cli) -> None:
+    """A stored eager stack with 1 s of host time per layer: the tiny model (4 layers) at 4 GPUs, global batch
+    8, micro-batch 1 -> 2 micro-batches a rank, so its layers alone take 4 x 2 x 1 s = 8 s; everything else
+    (output layer, gradient all-reduce, optimizer) is what the catalog eager stack predicts besides its layers."""
+    from autotune.catalog import get_stack
+
+    url, profiles = db
+    profiles.add("hosty", get_stack("eager").model_copy(update={"layer_host_us": 1e6}), "eager", {})
+    args = ["estimate", "--model", "tiny", "--gpu", "cpu", "--gpus", "4", "--seq-len", "128", "--global-batch", "8",
+            "--precision", "fp32", "--json"]
+    code, out, err = cli(args + ["--stack", "eager"])
+    assert code == 0, err
+    plain = json.loads(out)
+    code, out, err = cli(args + ["--stack", "hosty@1", "--storage", url])
+    assert code == 0, err
+    slow = json.loads(out)
+    assert slow["stack"] == "hosty@1"
+    assert 8.0 < slow["step_time_s"] < 8.0 + plain["step_time_s"]
+    code, _, err = cli(args + ["--stack", "hosty@2", "--storage", url])
+    assert code == 2 and "--stack: no stack profile 'hosty@2'" in err and len(err.strip().splitlines()) == 1
