@@ -136,3 +136,26 @@ def test_a2a_physical_limits(ep: int, nodes: int, mb: int, overlap: bool, gpu: s
              "optimizer")
     assert sum(out[k] for k in parts) == pytest.approx(out["step_time_s"])
     assert set(MOE_DETAIL) <= {k[4:] for k in out if k.startswith("moe_")}
+
+
+def test_reproduce_command_carries_the_overlap_flag(cli) -> None:
+    """``best``'s reproduce command sets --moe-a2a-overlap, and running it gives that layout and its lower
+    ep_comm back (the flag hides all but 1/m of the all-to-all when compute covers it)."""
+    import json
+    import shlex
+
+    from autotune.results.reproduce import estimate_command
+
+    spec = {"name": "moe", "model": "mixtral-8x7b", "cluster": {"gpu": "h100-sxm", "nodes": 8, "reliability": "off"},
+            "training": {"seq_len": 4096, "global_batch": 512, "stack": "megatron-te"}}
+    layout = {"pp": 4, "vpp": 4, "ep": 4, "zero": 1, "moe_a2a_overlap": True}
+    args = shlex.split(estimate_command(spec, layout))
+    assert "--moe-a2a-overlap" in args
+    outs = []
+    for extra in ([], ["--no-moe-a2a-overlap"]):
+        code, out, err = cli(args[1:] + extra + ["--json"])
+        assert code == 0, err
+        outs.append(json.loads(out))
+    on, off = outs
+    assert on["config"]["moe_a2a_overlap"] and not off["config"]["moe_a2a_overlap"]
+    assert on["time_breakdown_s"]["ep_comm"] < off["time_breakdown_s"]["ep_comm"] == off["moe_time_s"]["a2a"]
