@@ -32,7 +32,8 @@ Mixture of experts: an MoE layer counts the FLOPs a token actually runs — the 
 experts and the shared experts (2·(3 or 2)·h·f_e each) — not the idle experts, so model FLOPs and MFU are
 active-parameter FLOPs (the convention of the DeepSeek-V3 and Megatron-LM MoE throughput reports:
 6·N_active·tokens plus attention). :func:`layer_linear_flops` is the mean over the model's dense and MoE
-layers, so per-layer compute time is the active layer's on average. Multi-head latent attention (DeepSeek-V2)
+layers (the model-FLOPs count); the time model times the two kinds of layer separately
+(:func:`block_linear_flops` and :mod:`autotune.costmodel.moe_time`). Multi-head latent attention (DeepSeek-V2)
 counts its down/up projections (2 FLOPs per weight) and a core of 2·s·a·(qk + v): Q·Kᵀ over nope + rope dims,
 P·V over v dims.
 """
