@@ -159,3 +159,23 @@ def test_reproduce_command_carries_the_overlap_flag(cli) -> None:
     on, off = outs
     assert on["config"]["moe_a2a_overlap"] and not off["config"]["moe_a2a_overlap"]
     assert on["time_breakdown_s"]["ep_comm"] < off["time_breakdown_s"]["ep_comm"] == off["moe_time_s"]["a2a"]
+
+
+def test_exporters_write_or_refuse_the_overlap() -> None:
+    """Megatron-LM core_v0.19.0 gets --overlap-moe-expert-parallel-comm (with the vpp its pipeline needs);
+    torchtitan refuses it by name."""
+    from autotune.errors import InfeasibleConfig
+    from autotune.export import get_exporter
+    from autotune.spec import ClusterSpec
+
+    mixtral = get_model("mixtral-8x7b")
+    t = TrainingSpec(seq_len=4096, global_batch=512)
+    cluster = ClusterSpec(gpu="h100-sxm", nodes=8)
+    cfg = derive(mixtral, t, 64, pp=4, vpp=4, ep=4, zero=1, moe_a2a_overlap=True)
+    script = get_exporter("megatron").render(mixtral, t, cluster, cfg)
+    assert "--overlap-moe-expert-parallel-comm" in script and "--expert-model-parallel-size 4" in script
+    plain = derive(mixtral, t, 64, pp=4, vpp=4, ep=4, zero=1)
+    assert "--overlap-moe-expert-parallel-comm" not in get_exporter("megatron").render(mixtral, t, cluster, plain)
+    with pytest.raises(InfeasibleConfig, match="^torchtitan: moe_a2a_overlap=True is not supported"):
+        get_exporter("torchtitan").render(mixtral, t, cluster, derive(mixtral, t, 64, pp=4, ep=4, zero=2,
+                                                                      moe_a2a_overlap=True))
