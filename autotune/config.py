@@ -68,6 +68,9 @@ class ParallelConfig:
     """Overlap the data-parallel gradient reduction with backward."""
     overlap_param_gather: bool = True
     """Overlap ZeRO parameter all-gathers with compute."""
+    moe_a2a_overlap: bool = False
+    """Overlap the MoE all-to-all with another micro-batch's compute (Megatron-LM --overlap-moe-expert-parallel-comm,
+    the combined 1F1B schedule; needs ep > 1)."""
 
     @property
     def world(self) -> int:
@@ -152,6 +155,7 @@ def derive(
     tp_comm_overlap: bool = False,
     overlap_grad_reduce: bool = True,
     overlap_param_gather: bool = True,
+    moe_a2a_overlap: bool = False,
 ) -> ParallelConfig:
     """Build a validated :class:`ParallelConfig`, deriving dp and grad_accum.
 
@@ -186,6 +190,7 @@ def derive(
            f"sequence_parallel: tp={tp} does not divide the local sequence {training.seq_len // cp}")
     _check(not sequence_parallel or tp > 1, "sequence_parallel needs tp > 1 (tp=1)")
     _check(not tp_comm_overlap or tp > 1, "tp_comm_overlap needs tp > 1 (tp=1)")
+    _check(not moe_a2a_overlap or ep > 1, f"moe_a2a_overlap needs ep > 1 (ep={ep})")
     _check(training.global_batch % (micro_batch * dp) == 0,
            f"global_batch={training.global_batch} is not divisible by micro_batch*dp={micro_batch}*{dp}"
            f"={micro_batch * dp}")
@@ -211,4 +216,5 @@ def derive(
         sequence_parallel=sequence_parallel, pp_schedule=pp_schedule,  # type: ignore[arg-type]
         tp_comm_overlap=tp_comm_overlap,
         overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
+        moe_a2a_overlap=moe_a2a_overlap,
     )

@@ -46,7 +46,7 @@ def valid_space(model, gpus: int) -> dict[str, np.ndarray]:
     n = len(L["tp"])
     for k, default in (("recompute_layers", 0), ("pp_first_layers", 0), ("pp_last_layers", 0), ("pp_schedule", 0),
                        ("overlap_grad_reduce", 1),
-                       ("overlap_param_gather", 1)):
+                       ("overlap_param_gather", 1), ("ep", 1), ("etp", 1), ("moe_a2a_overlap", 0)):
         L[k] = np.full(n, default, dtype=np.int64)
     return {k: L[k] for k in FIELDS}
 

@@ -120,8 +120,8 @@ def estimate_cmd(
     spec: Path | None = typer.Argument(None, help="Study spec (YAML/TOML); flags override its fields."),
     model: str | None = typer.Option(None, help="Model preset, model YAML, HF config.json, or an inline JSON "
                                                 "object of model fields ('{\"layers\": 2, ...}')."),
-    gpu: str | None = typer.Option(None, help="GPU name (a100-40gb, a100-80gb, h100-sxm, h200, b200, mi300x, cpu) "
-                                              "or GPU YAML."),
+    gpu: str | None = typer.Option(None, help="GPU name (a100-40gb, a100-80gb, h100-sxm, h800, h200, b200, mi300x, "
+                                              "cpu) or GPU YAML."),
     gpus: int | None = typer.Option(None, help="Total GPUs."),
     gpus_per_node: int | None = typer.Option(None, help="GPUs per node [default: 8]."),
     nics_per_node: int | None = typer.Option(None, help="Network adapters per node [default: one per GPU]."),
@@ -167,6 +167,9 @@ def estimate_cmd(
     overlap_param_gather: bool | None = typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",
                                                      help="Overlap ZeRO parameter all-gathers with compute "
                                                           "[default: on]."),
+    moe_a2a_overlap: bool | None = typer.Option(None, "--moe-a2a-overlap/--no-moe-a2a-overlap",
+                                                help="Overlap the MoE all-to-all with another micro-batch's compute "
+                                                     "(needs ep > 1) [default: off]."),
     reliability: bool | None = typer.Option(None, "--reliability/--no-reliability",
                                             help="Expected time to train with failures, checkpoints and restarts "
                                                  "beside the ideal one [default: on]."),

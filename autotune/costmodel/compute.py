@@ -58,16 +58,19 @@ from typing import Any
 
 import numpy as np
 
-from autotune.costmodel.flops import attention_core_flops, layer_linear_flops, logit_flops
+from autotune.costmodel.flops import attention_core_flops, block_linear_flops, logit_flops
 from autotune.costmodel.layout import Layout
 from autotune.spec import AttentionKernel, GPUSpec, ModelSpec, StackSpec, TrainingSpec
 
 #: Linear GEMMs in one layer's forward (fused QKV, attention projection, fc1 (+gate), fc2).
 GEMMS_PER_LAYER = 4
+#: Of those, the attention block's (fused QKV, projection): an MoE layer without shared experts has no other.
+ATTENTION_GEMMS = 2
 #: FlashAttention's backward FLOPs over its forward's: five matmuls to two (Dao 2023, FlashAttention-2, §3.2).
 FLASH_BWD_RATIO = 2.5
 
-__all__ = ["GEMMS_PER_LAYER", "FLASH_BWD_RATIO", "gemm_efficiency", "fp8_gemm_efficiency", "attention_kernel",
+__all__ = ["GEMMS_PER_LAYER", "ATTENTION_GEMMS", "FLASH_BWD_RATIO", "sustained_peaks", "gemm_efficiency",
+           "fp8_gemm_efficiency", "attention_kernel",
            "attention_efficiency", "peak_flops", "activation_dtype_bytes", "replicated_share", "fp8_active",
            "layer_forward_times", "layer_backward_times", "layer_step_time", "logits_forward_time"]
 
@@ -114,7 +117,7 @@ def peak_flops(gpu: GPUSpec, precision: str) -> tuple[float, float]:
     return gpu.peak(precision) * 1e12, gpu.peak(precision) * 1e12
 
 
-def _sustained(gpu: GPUSpec, peaks: tuple[float, float]) -> tuple[float, float]:
+def sustained_peaks(gpu: GPUSpec, peaks: tuple[float, float]) -> tuple[float, float]:
     """Peaks scaled to what the tensor cores sustain in training (GPUSpec.sustained_fraction)."""
     return peaks[0] * gpu.sustained_fraction, peaks[1] * gpu.sustained_fraction
 
@@ -131,45 +134,62 @@ def _extra_elements(model: ModelSpec) -> tuple[float, float]:
     return outside, inside
 
 
-def replicated_share(model: ModelSpec) -> float:
-    """Share of element-wise traffic outside the tensor-parallel region (norms, dropout, residual)."""
-    h, f = model.hidden, model.ffn
+def _elementwise_elements(model: ModelSpec, ffn: int) -> tuple[float, float]:
+    """Elements read + written per token by a block's element-wise kernels with an MLP of inner width ``ffn``:
+    (outside, inside) the tensor-parallel region."""
+    h = model.hidden
     extra_out, extra_in = _extra_elements(model)
     outside = 4 * h + 2 * (3 * h + (0.5 * h if model.dropout else 0.0)) + extra_out
-    inside = (3 if model.mlp_matrices == 3 else 2) * f + extra_in
+    inside = (3 if model.mlp_matrices == 3 else 2) * ffn + extra_in
+    return outside, inside
+
+
+def replicated_share(model: ModelSpec, ffn: int | None = None) -> float:
+    """Share of element-wise traffic outside the tensor-parallel region (norms, dropout, residual), for a block
+    whose MLP has inner width ``ffn`` (default ffn_hidden)."""
+    outside, inside = _elementwise_elements(model, model.ffn if ffn is None else ffn)
     return outside / (outside + inside)
 
 
-def _fp8_cast_elements(model: ModelSpec, tp: Any, tokens: Any) -> tuple[Any, Any]:
+def _fp8_cast_elements(model: ModelSpec, tp: Any, tokens: Any, ffn: int | None = None) -> tuple[Any, Any]:
     """(forward, backward) elements quantised to fp8 per layer per micro-batch on one rank: the four GEMMs'
-    inputs and weights in forward, their output gradients in backward."""
-    h, f, q, kv = model.hidden, model.ffn, model.q_dim, model.kv_dim
+    inputs and weights in forward, their output gradients in backward (``ffn``: the block's MLP width, default
+    ffn_hidden; 0 leaves the attention GEMMs)."""
+    h, q, kv = model.hidden, model.q_dim, model.kv_dim
+    f = model.ffn if ffn is None else ffn
+    mlp_in = h if f else 0
     mlp_out = (model.mlp_matrices - 1) * f
-    weights = (model.layer_params() - model.replicated_layer_params()) / tp
-    fwd = tokens * (h + q / tp + h + f / tp) + weights
-    bwd = tokens * ((q + 2 * kv) / tp + h + mlp_out / tp + h)
+    other_mlp = 0 if ffn is None else model.mlp_params(f) - model.mlp_params(model.ffn)
+    weights = (model.layer_params() + other_mlp - model.replicated_layer_params()) / tp
+    fwd = tokens * (h + q / tp + mlp_in + f / tp) + weights
+    bwd = tokens * ((q + 2 * kv) / tp + mlp_in + mlp_out / tp + h)
     return fwd, bwd
 
 
 def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout,
-                        stack: StackSpec | None = None) -> dict[str, Any]:
+                        stack: StackSpec | None = None, mlp_width: int | None = None) -> dict[str, Any]:
     """Seconds of one layer's forward for one micro-batch on one rank, split into ``linear`` (linear GEMMs),
     ``core`` (attention core), ``elementwise``, ``softmax`` (score-matrix traffic, zero with a fused
     kernel), ``cast`` (fp8 quantisation) and ``overhead`` (a third of ``layer_overhead_us``: like the FLOPs,
-    the host-side work of backward is twice forward's). ``stack`` None: plain eager PyTorch."""
+    the host-side work of backward is twice forward's). ``stack`` None: plain eager PyTorch.
+
+    ``mlp_width``: the block's tensor-parallel MLP width instead of ffn_hidden (an MoE layer's shared experts,
+    0 without; :mod:`autotune.costmodel.moe_time` adds its routed part). Its element-wise bytes scale
+    with the elements its kernels touch, and a block without an MLP issues the attention GEMMs only."""
     from autotune.catalog import resolve_stack
 
     stack = resolve_stack(stack)
     tp, s = L["tp"], training.seq_len
     tokens = L["micro_batch"] * s / L["cp"]
-    lin_peak, core_peak = _sustained(gpu, peak_flops(gpu, training.precision))
+    lin_peak, core_peak = sustained_peaks(gpu, peak_flops(gpu, training.precision))
     fp8 = fp8_active(gpu, stack, training)
     if training.precision == "fp8" and not fp8:
         lin_peak = core_peak
     eff = gemm_efficiency(gpu, model.hidden / tp, tokens)
     lin_eff = fp8_gemm_efficiency(gpu, model.hidden / tp, tokens) if fp8 else eff
-    latency = GEMMS_PER_LAYER * gpu.gemm_latency_us * 1e-6
-    linear = tokens * layer_linear_flops(model) / tp / (lin_peak * lin_eff) + latency
+    gemms = GEMMS_PER_LAYER if mlp_width is None or mlp_width > 0 else ATTENTION_GEMMS
+    latency = gemms * gpu.gemm_latency_us * 1e-6
+    linear = tokens * block_linear_flops(model, mlp_width) / tp / (lin_peak * lin_eff) + latency
     kernel = attention_kernel(gpu, stack, training)
     dense_core = tokens * attention_core_flops(model, s) / tp
     causal = model.attention_keys(s, causal=True) / model.attention_keys(s) if training.flash_attention else 1.0
@@ -178,22 +198,25 @@ def layer_forward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, 
     else:
         fwd_eff, _ = attention_efficiency(kernel, s, model.head_dim, stack.attention_factor)
         core = causal * dense_core / (core_peak * fwd_eff)
-    share = replicated_share(model)
+    share = replicated_share(model, mlp_width)
     scale = np.where(L["sequence_parallel"] > 0, 1.0 / tp, share + (1.0 - share) / tp)
     dtype = activation_dtype_bytes(training.precision)
     hbm = gpu.hbm_gbps * 1e9
     per_token = gpu.elementwise_bytes_per_token_hidden * model.hidden + 2.0 * sum(_extra_elements(model))
+    if mlp_width is not None:
+        per_token = per_token * sum(_elementwise_elements(model, mlp_width)) / sum(
+            _elementwise_elements(model, model.ffn))
     elementwise = tokens * per_token * stack.elementwise_factor * scale * dtype / 2.0 / hbm
     per_score = 0.0 if training.flash_attention else (9.0 if model.dropout else 4.0) * dtype / 2.0
     softmax = tokens * per_score * model.heads * s / tp / hbm
-    cast = _fp8_cast_elements(model, tp, tokens)[0] * stack.fp8_cast_bytes / hbm if fp8 else 0.0
+    cast = _fp8_cast_elements(model, tp, tokens, mlp_width)[0] * stack.fp8_cast_bytes / hbm if fp8 else 0.0
     overhead = (gpu.layer_overhead_us + np.where(tp > 1, gpu.tp_layer_overhead_us, 0.0)) * 1e-6 / 3.0
     return {"linear": linear, "core": core, "elementwise": elementwise, "softmax": softmax, "cast": cast,
             "overhead": overhead}
 
 
 def layer_backward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout, stack: StackSpec,
-                         fwd: dict[str, Any]) -> dict[str, Any]:
+                         fwd: dict[str, Any], mlp_width: int | None = None) -> dict[str, Any]:
     """Seconds of one layer's backward, same keys as ``fwd``: GEMMs, element-wise traffic and host work twice
     the forward's; a fused attention core 2.5× the forward FLOPs at the kernel's backward efficiency; fp8
     casts of the output gradients."""
@@ -207,7 +230,7 @@ def layer_backward_times(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec,
     cast = 0.0
     if fp8_active(gpu, stack, training):
         tokens = L["micro_batch"] * s / L["cp"]
-        cast = _fp8_cast_elements(model, L["tp"], tokens)[1] * stack.fp8_cast_bytes / (gpu.hbm_gbps * 1e9)
+        cast = _fp8_cast_elements(model, L["tp"], tokens, mlp_width)[1] * stack.fp8_cast_bytes / (gpu.hbm_gbps * 1e9)
     return {"linear": 2.0 * fwd["linear"], "core": core, "elementwise": 2.0 * fwd["elementwise"],
             "softmax": 2.0 * fwd["softmax"], "cast": cast, "overhead": 2.0 * fwd["overhead"]}
 
@@ -221,6 +244,6 @@ def layer_step_time(stack: StackSpec, gpu_seconds: Any) -> Any:
 def logits_forward_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> Any:
     """Seconds of the output layer's forward (vocab-parallel GEMM, bf16 peak under fp8) per micro-batch."""
     tokens = L["micro_batch"] * training.seq_len / L["cp"]
-    _, core_peak = _sustained(gpu, peak_flops(gpu, training.precision))
+    _, core_peak = sustained_peaks(gpu, peak_flops(gpu, training.precision))
     eff = gemm_efficiency(gpu, float(model.hidden), tokens)
     return tokens * logit_flops(model) / L["tp"] / (core_peak * eff)

@@ -9,6 +9,8 @@ same layout given to ``autotune estimate`` produce identical figures.
 ``cluster.reliability`` is off, each row adds a ``reliability`` block (:mod:`autotune.costmodel.reliability`:
 job MTBF, checkpoint size and times, interval, goodput) and the expected figures with failures beside them:
 ``goodput``, ``expected_training_days``, ``expected_gpu_hours``, ``expected_failures``, ``expected_cost``.
+A mixture-of-experts model's rows add ``moe_time_s`` (:data:`autotune.costmodel.time.MOE_DETAIL`): the routed
+blocks' parts of the breakdown.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from autotune.config import ParallelConfig
 from autotune.costmodel.layout import Layout, layout_arrays
 from autotune.costmodel.memory import memory_breakdown
 from autotune.costmodel.reliability import RELIABILITY_KEYS, expected_figures, reliability_arrays
-from autotune.costmodel.time import step_time
+from autotune.costmodel.time import BREAKDOWN, MOE_DETAIL, step_time
 from autotune.spec import ClusterSpec, GPUSpec, ModelSpec, StackSpec, TrainingSpec
 
 __all__ = ["estimate", "estimate_many", "estimate_arrays", "memory_reason", "MEMORY_KEYS", "TIME_KEYS",
            "COST_MODEL_VERSION"]
 
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "other", "total")
-TIME_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p", "dp_comm_exposed", "optimizer")
+TIME_KEYS = BREAKDOWN
 #: Bumped whenever a formula changes, so cached evaluations of an older model are not reused.
 COST_MODEL_VERSION = "6"
 _TIME_SCALARS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu")
@@ -69,6 +71,7 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
     memory = {k: _column(mem[k], n) for k in MEMORY_KEYS}
     breakdown = {k: _column(tm[k], n) for k in TIME_KEYS}
     scalars = {k: _column(tm[k], n) for k in _TIME_SCALARS}
+    moe = {k: _column(tm[f"moe_{k}"], n) for k in MOE_DETAIL} if model.is_moe else None
     capacity = _column(mem["capacity"], n)
     fits = np.broadcast_to(np.asarray(mem["fits"], dtype=bool), (n,)).tolist()
     worst = np.broadcast_to(np.asarray(mem["worst_stage"], dtype=np.int64), (n,)).tolist()
@@ -89,6 +92,8 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
             "step_time_s": scalars["step_time_s"][i],
             "time_breakdown_s": {k: breakdown[k][i] for k in TIME_KEYS},
         } | {k: scalars[k][i] for k in _TIME_SCALARS[1:]}
+        if moe is not None:
+            row["moe_time_s"] = {k: moe[k][i] for k in MOE_DETAIL}
         if steps is not None:
             seconds = steps * row["step_time_s"]
             row["training_steps"] = int(steps)

@@ -32,7 +32,8 @@ Mixture of experts: an MoE layer counts the FLOPs a token actually runs — the 
 experts and the shared experts (2·(3 or 2)·h·f_e each) — not the idle experts, so model FLOPs and MFU are
 active-parameter FLOPs (the convention of the DeepSeek-V3 and Megatron-LM MoE throughput reports:
 6·N_active·tokens plus attention). :func:`layer_linear_flops` is the mean over the model's dense and MoE
-layers, so per-layer compute time is the active layer's on average. Multi-head latent attention (DeepSeek-V2)
+layers (the model-FLOPs count); the time model times the two kinds of layer separately
+(:func:`block_linear_flops` and :mod:`autotune.costmodel.moe_time`). Multi-head latent attention (DeepSeek-V2)
 counts its down/up projections (2 FLOPs per weight) and a core of 2·s·a·(qk + v): Q·Kᵀ over nope + rope dims,
 P·V over v dims.
 """
@@ -49,6 +50,7 @@ from autotune.spec import ModelSpec, TrainingSpec
 
 __all__ = [
     "layer_linear_flops",
+    "block_linear_flops",
     "attention_core_flops",
     "causal_core_flops",
     "logit_flops",
@@ -62,17 +64,28 @@ def _mlp_flops(model: ModelSpec, width: int) -> float:
     return 2.0 * model.mlp_matrices * model.hidden * width
 
 
+def _attention_linear_flops(model: ModelSpec) -> float:
+    h = model.hidden
+    if model.is_mla:
+        latent_norms = (model.q_lora_rank or 0) + (model.kv_lora_rank or 0)
+        return 2.0 * (model.mla_params() - latent_norms * (2 if model.norm == "layernorm" else 1))
+    return 2.0 * h * (model.q_dim + 2 * model.kv_dim) + 2.0 * model.q_dim * h
+
+
+def block_linear_flops(model: ModelSpec, mlp_width: int | None = None) -> float:
+    """Forward FLOPs per token of one block's tensor-parallel linear layers: attention's (see
+    :func:`layer_linear_flops`) plus a dense MLP of inner width ``mlp_width`` (default ffn_hidden: a dense
+    layer; an MoE layer's shared experts, 0 without them)."""
+    return _attention_linear_flops(model) + _mlp_flops(model, model.ffn if mlp_width is None else mlp_width)
+
+
 def layer_linear_flops(model: ModelSpec) -> float:
     """Forward FLOPs per token of one layer's linear layers: 2h(q_dim + 2·kv_dim) + 2·q_dim·h + (6 or 4)·h·f
     (MLA: twice its projections' weights); for an MoE model the mean over its layers of the active ones
     (router + k routed + shared experts in MoE layers)."""
-    h, f = model.hidden, model.ffn
-    if model.is_mla:
-        latent_norms = (model.q_lora_rank or 0) + (model.kv_lora_rank or 0)
-        attn = 2.0 * (model.mla_params() - latent_norms * (2 if model.norm == "layernorm" else 1))
-    else:
-        attn = 2.0 * h * (model.q_dim + 2 * model.kv_dim) + 2.0 * model.q_dim * h
-    dense = attn + _mlp_flops(model, f)
+    h = model.hidden
+    attn = _attention_linear_flops(model)
+    dense = block_linear_flops(model)
     if not model.is_moe:
         return dense
     moe = (attn + 2.0 * h * model.experts + model.experts_per_token * _mlp_flops(model, model.expert_ffn)

@@ -25,6 +25,7 @@ from autotune.pipeline import stage_layers
 from autotune.spec import ModelSpec, TrainingSpec
 
 __all__ = ["DROPLESS_IMBALANCE", "imbalance", "moe_layers_below", "stage_ranges", "stage_layer_counts",
+           "busiest_stage_moe_layers",
            "expert_params_per_layer", "expert_stage_params3",
            "expert_stage_params", "expert_shard", "moe_tokens_per_rank", "routed_copies_per_rank"]
 
@@ -64,6 +65,17 @@ def stage_layer_counts(model: ModelSpec, L: Layout) -> tuple[tuple[Any, Any], ..
         moe = moe_layers_below(model, start + n) - moe_layers_below(model, start)
         out.append((n - moe, moe))
     return tuple(out)
+
+
+def busiest_stage_moe_layers(model: ModelSpec, L: Layout) -> tuple[Any, Any, Any]:
+    """MoE layers of the first stage, of the middle stage that holds the most of them, and of the last: the time
+    model's stages (memory scores stage 1, the one with the most micro-batches in flight). The middle one is
+    stage p − 2, the last before the last stage: dense layers lead the model (first_dense_layers), so it
+    holds at least as many as any other middle stage, within one when moe_every > 1."""
+    (_, first), _, (_, last) = stage_layer_counts(model, L)
+    n_first, n_mid, n_last = stage_layers(model.layers, L)
+    end = model.layers - n_last
+    return first, moe_layers_below(model, end) - moe_layers_below(model, end - n_mid), last
 
 
 def expert_params_per_layer(model: ModelSpec, ep: Any, etp: Any) -> Any:

@@ -124,7 +124,9 @@ def moe_flags(model: ModelSpec, cfg: ParallelConfig) -> list[Flag]:
     """Mixture-of-experts and multi-head latent attention flags (core_v0.19.0 ``_add_moe_args``,
     ``_add_mla_args``): routed experts, top-k, expert width, shared experts (one MLP of their total width),
     the MoE layer pattern, expert parallel and expert tensor parallel sizes, grouped GEMMs and the all-to-all
-    token dispatcher; a capacity factor when tokens are dropped (dropless otherwise). None for a dense model."""
+    token dispatcher; a capacity factor when tokens are dropped (dropless otherwise); the combined-1F1B
+    all-to-all overlap with ``moe_a2a_overlap`` (``--overlap-moe-expert-parallel-comm``,
+    ``ModelParallelConfig.overlap_moe_expert_parallel_comm``). None for a dense model."""
     flags: list[Flag] = []
     if model.is_moe:
         flags += [("--num-experts", model.experts), ("--moe-router-topk", model.experts_per_token),
@@ -135,6 +137,8 @@ def moe_flags(model: ModelSpec, cfg: ParallelConfig) -> list[Flag]:
             flags.append(("--moe-expert-capacity-factor", model.capacity_factor))
         flags += [("--expert-model-parallel-size", cfg.ep), ("--expert-tensor-parallel-size", cfg.etp),
                   ("--moe-grouped-gemm", None), ("--moe-token-dispatcher-type", "alltoall")]
+        if cfg.moe_a2a_overlap:
+            flags.append(("--overlap-moe-expert-parallel-comm", None))
     if model.is_mla:
         flags.append(("--multi-latent-attention", None))
         if model.q_lora_rank is not None:

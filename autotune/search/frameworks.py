@@ -39,6 +39,10 @@ Expert parallelism (mixture-of-experts models; a dense model keeps ep = etp = 1,
   stays outside), and with ep = 1 the routed experts are tensor-parallel over tp (etp = tp,
   ``models/common/moe_sharding.py``).
 
+All-to-all overlap (``moe_a2a_overlap``): Megatron-LM core_v0.19.0 ``--overlap-moe-expert-parallel-comm``
+(``TransformerConfig.__post_init__`` asserts ep > 1, virtual pipeline stages when pp > 1, no full
+recomputation, a bf16 or fp16 model); torchtitan 0.3.0 and DeepSpeed have no such schedule and refuse it.
+
 Uneven pipeline stages (``pp_first_layers``/``pp_last_layers``, :mod:`autotune.pipeline`), checked by
 :data:`SPLIT_RULES` when the caller gives the model's layer count:
 
@@ -101,6 +105,15 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(field="ep", ok=lambda c, t: c.ep == 1 or c.tp == 1 or c.sequence_parallel,
              message="ep={ep} with tp={tp} and sequence_parallel=False is not supported"
                      " (MoE layers with tensor parallelism need --sequence-parallel)"),
+        Rule(field="moe_a2a_overlap", ok=lambda c, t: not c.moe_a2a_overlap or c.pp == 1 or c.vpp > 1,
+             message="moe_a2a_overlap=True with pp={pp} and vpp={vpp} is not supported"
+                     " (--overlap-moe-expert-parallel-comm needs virtual pipeline stages when pp > 1)"),
+        Rule(field="moe_a2a_overlap", ok=lambda c, t: not c.moe_a2a_overlap or c.recompute != "full",
+             message="moe_a2a_overlap=True with recompute=full is not supported"
+                     " (--overlap-moe-expert-parallel-comm refuses full recomputation)"),
+        Rule(field="moe_a2a_overlap", ok=lambda c, t: not c.moe_a2a_overlap or t.precision != "fp32",
+             message="moe_a2a_overlap=True with precision=fp32 is not supported"
+                     " (--overlap-moe-expert-parallel-comm needs a bf16 or fp16 model)"),
     ),
     "deepspeed": (
         Rule(field="zero", ok=lambda c, t: c.zero < 2 or c.pp == 1,
@@ -121,6 +134,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
              message="tp_comm_overlap=True is not supported (Megatron-DeepSpeed has no TP comm overlap)"),
         Rule(field="precision", ok=lambda c, t: t.precision != "fp8",
              message="precision=fp8 is not supported (DeepSpeed trains in fp32, fp16 or bf16)"),
+        Rule(field="moe_a2a_overlap", ok=lambda c, t: not c.moe_a2a_overlap,
+             message="moe_a2a_overlap=True is not supported (DeepSpeed's MoE layer has no all-to-all overlap)"),
         Rule(field="pp_first_layers", ok=lambda c, t: c.pp_first_layers is None and c.pp_last_layers is None,
              message="pp_first_layers={pp_first_layers} pp_last_layers={pp_last_layers} is not supported"
                      " (Megatron-DeepSpeed partitions with partition_method='type:transformer': no first/last"
@@ -145,6 +160,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(field="ep", ok=lambda c, t: (c.dp_shard if c.zero >= 2 else 1) * c.cp * c.tp % c.ep == 0,
              message="ep={ep} with dp_shard={dp_shard} cp={cp} tp={tp} zero={zero} is not supported"
                      " (expert parallelism borrows its ranks from the FSDP shard, cp and tp ranks)"),
+        Rule(field="moe_a2a_overlap", ok=lambda c, t: not c.moe_a2a_overlap,
+             message="moe_a2a_overlap=True is not supported (torchtitan 0.3.0 runs the dispatch and combine in"
+                     " line with the experts, its DeepEP backend included: no cross-micro-batch overlap schedule)"),
     ),
 }
 """Capability rules per framework; a layout is supported when every rule of its framework holds."""

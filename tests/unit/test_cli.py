@@ -46,8 +46,9 @@ def test_estimate_json_keys_and_arithmetic(cli) -> None:
     for key, bytes_per_param in (("weights", 2), ("gradients", 4), ("optimizer", 12 / 2)):
         assert d["memory_gib"][key] == pytest.approx(stage0 * bytes_per_param / 2**30, rel=1e-9)
     assert d["memory_gib"]["other"] == pytest.approx(1.5)
-    assert set(d["time_breakdown_s"]) == {"compute", "recompute", "tp_comm", "cp_comm", "pp_bubble", "pp_p2p",
-                                          "dp_comm_exposed", "optimizer"}
+    assert set(d["time_breakdown_s"]) == {"compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble",
+                                          "pp_p2p", "dp_comm_exposed", "optimizer"}
+    assert d["time_breakdown_s"]["ep_comm"] == 0.0 and "moe_time_s" not in d  # a dense model
     # tokens/s = global batch x seq / step time; training days = tokens / (tokens/s) / 86400
     assert d["tokens_per_s"] == pytest.approx(512 * 8192 / d["step_time_s"])
     steps = -(-1e12 // (512 * 8192))

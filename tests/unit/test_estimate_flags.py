@@ -40,7 +40,7 @@ INTERLEAVED = {"tp": 2, "pp": 2, "cp": 2, "vpp": 2, "pp_first_layers": 14, "zero
 GPIPE = {"pp": 4, "pp_first_layers": 6, "pp_last_layers": 10, "pp_schedule": "gpipe", "zero": 3, "dp_shard": 2,
          "recompute": "selective"}
 #: The expert-parallel fields, on a mixture-of-experts preset (a dense model refuses them).
-EXPERT = {"ep": 4, "etp": 2}
+EXPERT = {"ep": 4, "etp": 2, "moe_a2a_overlap": True}
 
 
 def _args(values: dict) -> list[str]:
@@ -126,6 +126,7 @@ def test_dataset_size_and_price(cli) -> None:
     (["--price-per-gpu-hour", "-1"], "error: --price-per-gpu-hour: Input should be greater than 0 (got -1.0)"),
     (["--samples", "10", "--tokens", "1e9"], "error: training: give either tokens or samples (+ epochs), not both"),
     (["--tp-comm-overlap"], "error: tp_comm_overlap needs tp > 1 (tp=1)"),
+    (["--moe-a2a-overlap"], "error: moe_a2a_overlap needs ep > 1 (ep=1)"),
     (["--gpus-per-node", "0"], "error: --gpus-per-node: must be a positive integer (got 0)"),
     (["--model", '{"layers": 0}'], "error: --model: layers: Input should be greater than 0 (got 0)"),
     (["--model", "{layers"], "error: --model: inline model is not a valid JSON object"),

@@ -64,6 +64,22 @@ CASES = [
     ("torchtitan", "ep", ParallelConfig(tp=2, dp=4, ep=4, sequence_parallel=True), BF16,
      "torchtitan: ep=4 with dp_shard=1 cp=1 tp=2 zero=0 is not supported"
      " (expert parallelism borrows its ranks from the FSDP shard, cp and tp ranks)"),
+    # Megatron-LM core_v0.19.0 TransformerConfig.__post_init__ asserts of --overlap-moe-expert-parallel-comm.
+    ("megatron", "moe_a2a_overlap", ParallelConfig(pp=2, dp=4, ep=4, moe_a2a_overlap=True), BF16,
+     "megatron: moe_a2a_overlap=True with pp=2 and vpp=1 is not supported"
+     " (--overlap-moe-expert-parallel-comm needs virtual pipeline stages when pp > 1)"),
+    ("megatron", "moe_a2a_overlap", ParallelConfig(dp=8, ep=8, recompute="full", moe_a2a_overlap=True), BF16,
+     "megatron: moe_a2a_overlap=True with recompute=full is not supported"
+     " (--overlap-moe-expert-parallel-comm refuses full recomputation)"),
+    ("megatron", "moe_a2a_overlap", ParallelConfig(dp=8, ep=8, moe_a2a_overlap=True),
+     BF16.model_copy(update={"precision": "fp32"}),
+     "megatron: moe_a2a_overlap=True with precision=fp32 is not supported"
+     " (--overlap-moe-expert-parallel-comm needs a bf16 or fp16 model)"),
+    ("deepspeed", "moe_a2a_overlap", ParallelConfig(dp=8, ep=8, moe_a2a_overlap=True), BF16,
+     "deepspeed: moe_a2a_overlap=True is not supported (DeepSpeed's MoE layer has no all-to-all overlap)"),
+    ("torchtitan", "moe_a2a_overlap", ParallelConfig(zero=2, dp=8, dp_shard=8, ep=8, moe_a2a_overlap=True), BF16,
+     "torchtitan: moe_a2a_overlap=True is not supported (torchtitan 0.3.0 runs the dispatch and combine in"
+     " line with the experts, its DeepEP backend included: no cross-micro-batch overlap schedule)"),
 ]
 
 # Layouts each framework runs: the boundary of every rule, from the supported side.
@@ -77,6 +93,8 @@ SUPPORTED = {
         ParallelConfig(pp_schedule="gpipe"),
         ParallelConfig(tp=2, dp=4, ep=8, sequence_parallel=True),   # ep folds over tp and dp
         ParallelConfig(dp=8, ep=8, zero=1, dp_shard=8),
+        ParallelConfig(pp=2, vpp=2, dp=4, ep=4, recompute="selective", moe_a2a_overlap=True),
+        ParallelConfig(dp=8, ep=8, moe_a2a_overlap=True),
     ],
     "deepspeed": [
         ParallelConfig(),
