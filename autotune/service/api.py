@@ -286,7 +286,8 @@ def best(name: str, request: Request, top: int = Query(5, ge=0), require_fit: bo
     if not _stored(app_state, name):
         raise _no_layout_yet(app_state, name)
     try:
-        report = best_report(app_state.storage, name, _objective(app_state, name), top=top)
+        report = app_state.best_reports.get(name, top, lambda: best_report(app_state.storage, name,
+                                                                           _objective(app_state, name), top=top))
     except StorageError:
         raise
     except AutotuneError as e:
@@ -343,7 +344,7 @@ def report(name: str, request: Request, _: str | None = Depends(reader)) -> HTML
         run = app_state.runs.get(name)
         raise ApiError(404, f"study: {name!r} has no evaluations yet ({run.state if run else 'stored'}): its "
                             "report comes with the first")
-    return HTMLResponse(render_report(app_state.storage, name))
+    return HTMLResponse(app_state.reports.get(name, "html", lambda: render_report(app_state.storage, name)))
 
 
 _ESTIMATE_KEYS = ("model", "cluster", "training", "layout")

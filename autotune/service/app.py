@@ -21,6 +21,7 @@ from autotune.errors import AutotuneError
 from autotune.service import api, pages
 from autotune.service.api import ApiError, error_body, from_autotune
 from autotune.service.evaluations import Pages
+from autotune.service.row_cache import RowCountCache
 from autotune.service.runner import Runner
 from autotune.service.runs import Runs
 from autotune.service.settings import Settings
@@ -31,6 +32,10 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("uvicorn.error")
 """uvicorn's own logger: its lines go where the server's go."""
+BEST_REPORTS_KEPT = 256
+"""Best reports kept (per study and ``top``; a few kB each)."""
+REPORTS_KEPT = 8
+"""HTML reports kept (each carries plotly.js inline: about 6 MB)."""
 
 
 def _api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -61,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings, app.state.storage = settings, storage
         app.state.runs = Runs(storage)
         app.state.states, app.state.pages = States(storage), Pages(storage)
+        app.state.best_reports = RowCountCache(storage, BEST_REPORTS_KEPT)
+        app.state.reports = RowCountCache(storage, REPORTS_KEPT)
         app.state.runner = Runner(settings, app.state.runs)
         resumed = app.state.runner.start()
         log.info("autotune %s serving %s; resumed %d studies%s", __version__, settings.display_storage,

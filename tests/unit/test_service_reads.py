@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from autotune.service.app import create_app
 from autotune.service.auth import tokens_from_env
+from autotune.service.row_cache import RowCountCache
 from autotune.service.settings import make_settings
 from autotune.store.storage import EvaluationRecord
 
@@ -148,3 +149,20 @@ def test_writes_need_a_token_even_without_tokens(tmp_path) -> None:
         r = client.post("/api/v1/studies", content=yaml.safe_dump(SPEC), headers={"Content-Type": "application/yaml"})
         assert r.status_code == 401 and client.get("/api/v1/studies").status_code == 401
         assert client.app.state.runs.all() == {} and client.app.state.storage.studies() == []
+
+
+def test_best_report_kept_while_the_row_count_stays(app) -> None:
+    """A kept value is served while the study's row count is unchanged and computed again once a row is added."""
+    _stored(app, ROWS)
+    calls = []
+    cache = RowCountCache(app.app.state.storage, size=2)
+    compute = lambda: calls.append(1) or len(calls)  # noqa: E731
+    assert [cache.get("hand", 5, compute) for _ in range(3)] == [1, 1, 1]
+    _stored(app, [_row(5, "analytic", "ok", 250.0, 1.2, 45.0)])
+    assert cache.get("hand", 5, compute) == 2 and cache.get("hand", 5, compute) == 2
+    cache.get("hand", 1, compute), cache.get("hand", 2, compute)  # two more keys: the oldest (5) is dropped
+    assert cache.get("hand", 5, compute) == 5
+    # through the API: the best report follows a new, better row (280 tokens/s beats 250: trial 6)
+    assert app.get("/api/v1/studies/hand/best", headers=AUTH).json()["trial"] == 5
+    _stored(app, [_row(6, "analytic", "ok", 280.0, 1.1, 45.0)])
+    assert app.get("/api/v1/studies/hand/best", headers=AUTH).json()["trial"] == 6
