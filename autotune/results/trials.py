@@ -13,7 +13,7 @@ from autotune.results.best import fidelity_labels
 from autotune.results.render import layout_summary
 from autotune.store.storage import EvaluationRecord
 
-__all__ = ["SORT_KEYS", "check_filters", "sort_rows", "trial_item", "table_row"]
+__all__ = ["SORT_KEYS", "check_filters", "sort_key", "sort_rows", "trial_item", "table_row"]
 
 SORT_KEYS = ("trial", "tokens_per_s", "step_time_s", "memory", "mfu")
 """Orders a listing can take: trial number, then best first by each figure."""
@@ -27,10 +27,12 @@ def check_filters(status: str | None, sort: str) -> None:
         raise SpecError(f"sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
 
 
-def _key(sort: str, r: EvaluationRecord) -> float:
-    m = r.metrics
+def sort_key(sort: str, trial: int, metrics: dict[str, Any]) -> float:
+    """Where a row with ``trial`` and ``metrics`` goes in order ``sort`` (smallest first): the trial number,
+    or a figure negated where more is better; a missing figure goes last."""
+    m = metrics
     if sort == "trial":
-        return r.trial
+        return trial
     if sort == "tokens_per_s":
         return -(m.get("tokens_per_s") or 0.0)
     if sort == "step_time_s":
@@ -42,7 +44,7 @@ def _key(sort: str, r: EvaluationRecord) -> float:
 
 def sort_rows(rows: list[EvaluationRecord], sort: str) -> list[EvaluationRecord]:
     """``rows`` in the order ``sort`` (one of :data:`SORT_KEYS`) asks for; ties keep trial order."""
-    return sorted(rows, key=lambda r: _key(sort, r))
+    return sorted(rows, key=lambda r: sort_key(sort, r.trial, r.metrics))
 
 
 def trial_item(r: EvaluationRecord) -> dict[str, Any]:

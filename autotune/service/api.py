@@ -29,22 +29,19 @@ from autotune.errors import AutotuneError, InfeasibleConfig, StorageError
 from autotune.export import EXPORTERS
 from autotune.results.best import best_report
 from autotune.results.report import render_report
-from autotune.results.trials import check_filters, sort_rows, trial_item
+from autotune.results.trials import check_filters
 from autotune.search.objectives import objective_for
 from autotune.search.space import space_names
 from autotune.service.auth import bearer
 from autotune.service.runs import ACTIVE
 from autotune.service.specs import parse_body, refuse_paths
-from autotune.service.state import study_state
 from autotune.spec import parse_spec
 from autotune.study.resolve import resolve
 from autotune.study.submission import plan_submission, preflight
 
-__all__ = ["router", "ApiError", "error_body", "LOCAL_TOKEN"]
+__all__ = ["router", "ApiError", "error_body"]
 
 router = APIRouter(prefix="/api/v1")
-LOCAL_TOKEN = "local"
-"""The caller's name when the server has no tokens (loopback only)."""
 KEEPALIVE_S = 15.0
 """A progress stream sends a comment line at least this often (proxies close idle streams)."""
 _FIELD = re.compile(r"^([A-Za-z_][\w.\[\]-]*): ")
@@ -77,11 +74,8 @@ def from_autotune(e: AutotuneError) -> ApiError:
 
 # auth -------------------------------------------------------------------------------------------------------
 def _caller(request: Request, required: bool) -> str | None:
-    tokens = request.app.state.settings.tokens
-    if not tokens:
-        return LOCAL_TOKEN
     token = bearer(request.headers.get("authorization"))
-    name = tokens.match(token) if token else None
+    name = request.app.state.settings.tokens.match(token) if token else None
     if name is None and required:
         raise ApiError(401, "unauthorized: a valid bearer token is required (Authorization: Bearer <token>)",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -94,23 +88,33 @@ def reader(request: Request) -> str | None:
 
 
 def writer(request: Request) -> str:
-    """Dependency of every POST: a valid token (any caller when the server has no tokens)."""
+    """Dependency of every POST: a valid token, always (``autotune serve`` makes one when none is given)."""
     name = _caller(request, required=True)
     assert name is not None
     return name
 
 
 def _state(app_state, name: str) -> dict[str, Any]:
-    records = {r["name"]: r for r in app_state.storage.studies()}
-    run = app_state.runs.get(name)
-    if run is None and name not in records:
+    state = app_state.states.one(name, app_state.runs.get(name))
+    if state is None:
         raise ApiError(404, f"study: no study named {name!r} (see GET /api/v1/studies)")
-    return study_state(app_state.storage, name, run, records.get(name))
+    return state
 
 
-def _require(app_state, name: str) -> None:
-    if app_state.storage.study_spec(name) is None:
+def _stored(app_state, name: str) -> bool:
+    """Whether the storage holds study ``name``: False while a study the service accepted waits for its
+    driver to create it (or its driver failed first); 404 for a study neither holds."""
+    if app_state.storage.study_spec(name) is not None:
+        return True
+    if app_state.runs.get(name) is None:
         raise ApiError(404, f"study: no study named {name!r} in the storage (see GET /api/v1/studies)")
+    return False
+
+
+def _no_layout_yet(app_state, name: str) -> ApiError:
+    """The 404 of a best layout asked of a study :func:`_stored` finds the service knows and storage not yet."""
+    return ApiError(404, f"study: no feasible layout of {name!r} yet: it is {app_state.runs.get(name).state} "
+                         "with no evaluations stored")
 
 
 # health, examples -----------------------------------------------------------------------------------------
@@ -223,13 +227,11 @@ def cancel(name: str, request: Request, _: str = Depends(writer)) -> dict[str, A
 
 # reads ------------------------------------------------------------------------------------------------------
 @router.get("/studies")
-def studies(request: Request, _: str | None = Depends(reader)) -> dict[str, Any]:
-    """Every study in the storage and every study the service runs, with its state."""
+def studies(request: Request, records: bool = False, _: str | None = Depends(reader)) -> dict[str, Any]:
+    """Every study in the storage and every study the service runs, with its state; ``?records=true`` adds
+    each one's ``record``, its ``autotune studies --json`` row (spec included; null until stored)."""
     app_state = request.app.state
-    records = {r["name"]: r for r in app_state.storage.studies()}
-    runs = app_state.runs.all()
-    names = list(records) + [n for n in runs if n not in records]
-    return {"studies": [study_state(app_state.storage, n, runs.get(n), records.get(n)) for n in names]}
+    return {"studies": app_state.states.all(app_state.runs.all(), records=records)}
 
 
 @router.get("/studies/{name}")
@@ -272,7 +274,6 @@ def events(name: str, request: Request, _: str | None = Depends(reader)) -> Stre
 
 
 def _objective(app_state, name: str):
-    _require(app_state, name)
     return objective_for(parse_spec(app_state.storage.require_spec(name)))
 
 
@@ -282,8 +283,11 @@ def best(name: str, request: Request, top: int = Query(5, ge=0), require_fit: bo
     """The ``autotune best NAME --json`` object; 404 when no layout of the study fits (unless ``require_fit``
     is false: then the object with ``config`` null, as ``best --json`` prints it)."""
     app_state = request.app.state
+    if not _stored(app_state, name):
+        raise _no_layout_yet(app_state, name)
     try:
-        report = best_report(app_state.storage, name, _objective(app_state, name), top=top)
+        report = app_state.best_reports.get(name, top, lambda: best_report(app_state.storage, name,
+                                                                           _objective(app_state, name), top=top))
     except StorageError:
         raise
     except AutotuneError as e:
@@ -298,16 +302,14 @@ def evaluations(name: str, request: Request, status: str | None = None, fidelity
                 sort: str = "trial", offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=1000),
                 _: str | None = Depends(reader)) -> dict[str, Any]:
     """A study's evaluations as ``autotune trials --json`` items, filtered by status and fidelity, ordered by
-    ``sort`` (trial | tokens_per_s | step_time_s | memory | mfu), one page of ``limit`` from ``offset``."""
+    ``sort`` (trial | tokens_per_s | step_time_s | memory | mfu), one page of ``limit`` from ``offset`` (none
+    yet, ``total`` 0, for a study accepted and not yet created by its driver)."""
     app_state = request.app.state
     check_filters(status, sort)
+    if not _stored(app_state, name):
+        return {"total": 0, "offset": offset, "limit": limit, "items": []}
     _objective(app_state, name)
-    rows = app_state.storage.evaluations(name, status=status)
-    if fidelity is not None:
-        rows = [r for r in rows if r.fidelity == fidelity]
-    rows = sort_rows(rows, sort)
-    return {"total": len(rows), "offset": offset, "limit": limit,
-            "items": [trial_item(r) for r in rows[offset:offset + limit]]}
+    return app_state.pages.page(name, status, fidelity, sort, offset, limit)
 
 
 @router.get("/studies/{name}/export/{framework}")
@@ -321,7 +323,8 @@ def export(name: str, framework: str, request: Request, trial: int | None = None
     if part not in ("config", "launch") or (part == "launch" and framework != "deepspeed"):
         raise ApiError(422, f"part: {part!r} is not one of config{', launch' if framework == 'deepspeed' else ''}")
     app_state = request.app.state
-    _require(app_state, name)
+    if not _stored(app_state, name):
+        raise _no_layout_yet(app_state, name)
     try:
         text, script = export_texts(app_state.storage, name, framework, trial, config_path)
     except InfeasibleConfig as e:
@@ -334,10 +337,14 @@ def export(name: str, framework: str, request: Request, trial: int | None = None
 
 @router.get("/studies/{name}/report", response_class=HTMLResponse)
 def report(name: str, request: Request, _: str | None = Depends(reader)) -> HTMLResponse:
-    """The study's self-contained HTML report (``autotune report``; plotly.js inlined)."""
+    """The study's self-contained HTML report (``autotune report``; plotly.js inlined); 404 until the study
+    has evaluations."""
     app_state = request.app.state
-    _require(app_state, name)
-    return HTMLResponse(render_report(app_state.storage, name))
+    if not _stored(app_state, name) or not app_state.storage.evaluation_count(name):
+        run = app_state.runs.get(name)
+        raise ApiError(404, f"study: {name!r} has no evaluations yet ({run.state if run else 'stored'}): its "
+                            "report comes with the first")
+    return HTMLResponse(app_state.reports.get(name, "html", lambda: render_report(app_state.storage, name)))
 
 
 _ESTIMATE_KEYS = ("model", "cluster", "training", "layout")

@@ -1,10 +1,11 @@
 """The HTTP client of the service, used by ``autotune submit|best|studies|trials|export --server URL``.
 
-The token comes from ``$AUTOTUNE_TOKEN``. Every failure is a one-line :class:`ServerError` (an
-:class:`AutotuneError`, so the CLI exits 2 with it): the server's error message as it is (422, 404, 409,
-413, 429), ``server: unauthorized (set AUTOTUNE_TOKEN)`` for 401, and ``server: cannot reach URL: ...`` when
-nothing answers. Every wait is bounded (:data:`TIMEOUT_S`; a progress stream by :data:`STREAM_IDLE_S`
-without a line, the server sending a keep-alive line every 15 s).
+The token comes from ``$AUTOTUNE_TOKEN``; without it, a client of a loopback URL reads the token file a
+server given no tokens writes (:mod:`autotune.service.local_token`). Every failure is a one-line
+:class:`ServerError` (an :class:`AutotuneError`, so the CLI exits 2 with it): the server's error message
+as it is (422, 404, 409, 413, 429), ``server: unauthorized (set AUTOTUNE_TOKEN)`` for 401, and ``server:
+cannot reach URL: ...`` when nothing answers. Every wait is bounded (:data:`TIMEOUT_S`; a progress stream
+by :data:`STREAM_IDLE_S` without a line, the server sending a keep-alive line every 15 s).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 
 from autotune.errors import AutotuneError
+from autotune.service.local_token import read_token, token_path
+from autotune.service.settings import is_loopback
 
 __all__ = ["Client", "ServerError", "TIMEOUT_S", "STREAM_IDLE_S", "PAGE"]
 
@@ -28,6 +31,13 @@ STREAM_IDLE_S = 60.0
 """Longest a progress stream may stay silent."""
 PAGE = 1000
 """Evaluations fetched per request (the server's largest page)."""
+
+
+def _host(url: str) -> str:
+    try:
+        return httpx.URL(url).host
+    except httpx.InvalidURL:
+        return ""
 
 
 class ServerError(AutotuneError):
@@ -45,8 +55,12 @@ class Client:
 
     @classmethod
     def from_env(cls, url: str) -> Client:
-        """A client of ``url`` with the token in ``$AUTOTUNE_TOKEN`` (none if unset)."""
-        return cls(url, os.environ.get("AUTOTUNE_TOKEN") or None)
+        """A client of ``url`` with the token in ``$AUTOTUNE_TOKEN``; unset, for a loopback ``url``, the token
+        in the local token file (none if there is no such file)."""
+        token = os.environ.get("AUTOTUNE_TOKEN") or None
+        if token is None and is_loopback(_host(url)):
+            token = read_token(token_path())
+        return cls(url, token)
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code == 401:
@@ -115,8 +129,8 @@ class Client:
         return self._request("GET", f"/studies/{name}/best", params={"top": top, "require_fit": "false"}).json()
 
     def studies(self) -> list[dict[str, Any]]:
-        """Every study's state."""
-        return self._request("GET", "/studies").json()["studies"]
+        """Every study's state with its ``record`` (the ``autotune studies --json`` row, null until stored)."""
+        return self._request("GET", "/studies", params={"records": "true"}).json()["studies"]
 
     def evaluations(self, name: str, status: str | None, sort: str, limit: int | None) -> list[dict[str, Any]]:
         """A study's evaluations (``trials --json`` items), sorted, at most ``limit``, fetched page by page."""

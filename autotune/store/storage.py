@@ -378,3 +378,64 @@ class Storage:
         if self._optuna is not None:
             self._optuna.remove_session()
             self._optuna.engine.dispose()
+
+    # the service's reads: records without counting, counts by aggregate, rows by page -------------
+    def study_entries(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The :meth:`studies` rows without their counts (of study ``name`` only, when given): name, created_at,
+        autotune_version, cost_model_version and spec, in creation order, with no row of evaluations read."""
+        q = select(_Study).order_by(_Study.id)
+        with Session(self.engine) as s:
+            rows = s.scalars(q if name is None else q.where(_Study.name == name)).all()
+            return [{"name": r.name, "created_at": r.created_at.isoformat() if r.created_at else None,
+                     "autotune_version": r.autotune_version, "cost_model_version": r.cost_model_version,
+                     "spec": json.loads(r.spec_json)} for r in rows]
+
+    def status_counts(self, study: str | None = None) -> dict[str, dict[str, int]]:
+        """Evaluation rows by study and status (of ``study`` only, when given), in one ``GROUP BY`` query."""
+        e = _Evaluation
+        q = select(e.study, e.status, func.count()).group_by(e.study, e.status)
+        out: dict[str, dict[str, int]] = {}
+        with Session(self.engine) as s:
+            for name, status, n in s.execute(q if study is None else q.where(e.study == study)):
+                out.setdefault(name, {})[status] = int(n)
+        return out
+
+    def _filtered(self, q: Any, study: str, status: str | None, fidelity: str | None) -> Any:
+        e = _Evaluation
+        q = q.where(e.study == study)
+        if status is not None:
+            q = q.where(e.status == status)
+        return q if fidelity is None else q.where(e.fidelity == fidelity)
+
+    def evaluation_count(self, study: str, status: str | None = None, fidelity: str | None = None) -> int:
+        """How many rows of ``study`` have ``status`` and ``fidelity`` (either None: any), counted in the database."""
+        with Session(self.engine) as s:
+            return int(s.scalar(self._filtered(select(func.count()).select_from(_Evaluation), study, status,
+                                               fidelity)) or 0)
+
+    def evaluation_page(self, study: str, status: str | None = None, fidelity: str | None = None, *,
+                        offset: int = 0, limit: int | None = None) -> list[EvaluationRecord]:
+        """One page of the rows :meth:`evaluations` lists (trial order), also filtered by ``fidelity``,
+        with ``LIMIT``/``OFFSET`` in the query."""
+        e = _Evaluation
+        q = self._filtered(select(e), study, status, fidelity).order_by(e.trial, e.id).offset(offset).limit(limit)
+        with Session(self.engine) as s:
+            return [_row(r) for r in s.scalars(q).all()]
+
+    def evaluation_metrics(self, study: str, status: str | None = None, fidelity: str | None = None,
+                           after_id: int = 0) -> list[tuple[int, int, str, dict[str, Any]]]:
+        """``(row id, trial, fidelity, metrics)`` of the filtered rows with an id above ``after_id``, in trial
+        order: what a sort key or a running best needs, without the layout and the other columns."""
+        e = _Evaluation
+        q = self._filtered(select(e.id, e.trial, e.fidelity, e.metrics_json), study, status, fidelity)
+        with Session(self.engine) as s:
+            rows = s.execute(q.where(e.id > after_id).order_by(e.trial, e.id)).all()
+        return [(i, t, f, json.loads(m)) for i, t, f, m in rows]
+
+    def evaluations_by_id(self, ids: list[int]) -> list[EvaluationRecord]:
+        """The rows with these ids, in the order given (ids not stored are left out)."""
+        if not ids:
+            return []
+        with Session(self.engine) as s:
+            found = {r.id: r for r in s.scalars(select(_Evaluation).where(_Evaluation.id.in_(ids))).all()}
+            return [_row(found[i]) for i in ids if i in found]

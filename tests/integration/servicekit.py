@@ -2,8 +2,10 @@
 
 :func:`start` picks a free port, starts ``python -m autotune serve`` in its own process group with the
 given flags and environment (stdout and stderr captured to a log file), and polls ``/api/v1/health``
-(bounded: :data:`START_S`). :func:`kill` ends the group: SIGTERM then SIGKILL (``hard``: SIGKILL at
-once, as a crash), bounded. The log is kept for assertions (no token or password in it).
+(bounded: :data:`START_S`). A server started without tokens makes one and writes it to
+``$AUTOTUNE_TOKEN_FILE``, set to a file in ``tmp`` (never the user's own state directory): :attr:`Server.token`
+holds it then, :attr:`Server.headers` the header that sends it. :func:`kill` ends the group: SIGTERM then
+SIGKILL (``hard``: SIGKILL at once, as a crash), bounded. The log is kept for assertions (no token or password in it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from autotune.service.local_token import read_token
 
 __all__ = ["Server", "START_S", "start", "kill", "free_port", "wait_state"]
 
@@ -34,10 +38,17 @@ class Server:
     log: Path
     args: list[str]
     env: dict[str, str]
+    token: str | None = None
+    """The token the server made (no tokens given), read from its token file; else None."""
 
     @property
     def api(self) -> str:
         return f"{self.url}/api/v1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header of :attr:`token` (empty when the server was given its tokens)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -54,8 +65,9 @@ def start(tmp: Path, storage: str, *flags: str, env: dict[str, str] | None = Non
     port = port or free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--storage", storage, *flags]
     full_env = {k: v for k, v in os.environ.items() if k not in ("AUTOTUNE_TOKENS", "AUTOTUNE_TOKEN")}
-    full_env |= env or {}
-    log = tmp / f"server-{port}-{time.monotonic_ns()}.log"
+    stamp = time.monotonic_ns()
+    full_env |= {"AUTOTUNE_TOKEN_FILE": str(tmp / f"serve-token-{port}-{stamp}")} | (env or {})
+    log = tmp / f"server-{port}-{stamp}.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "autotune", *args], stdout=out, stderr=subprocess.STDOUT,
                                 env=full_env, start_new_session=True, stdin=subprocess.DEVNULL)
@@ -66,6 +78,7 @@ def start(tmp: Path, storage: str, *flags: str, env: dict[str, str] | None = Non
             raise RuntimeError(f"server exited {proc.returncode}: {server.log_text()[-2000:]}")
         try:
             if httpx.get(f"{server.api}/health", timeout=2).status_code == 200:
+                server.token = read_token(Path(full_env["AUTOTUNE_TOKEN_FILE"]))
                 return server
         except httpx.TransportError:
             pass

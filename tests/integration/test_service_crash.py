@@ -21,8 +21,8 @@ N_TRIALS = 200
 YAML = {"Content-Type": "application/yaml"}
 
 
-def _rows(api: str) -> int:
-    return httpx.get(f"{api}/studies/crash", timeout=30).json()["done"]
+def _rows(srv: sk.Server) -> int:
+    return httpx.get(f"{srv.api}/studies/crash", headers=srv.headers, timeout=30).json()["done"]
 
 
 def test_kill9_server_mid_study_restart_finishes_exact_budget(tmp_path, ray_local) -> None:
@@ -31,11 +31,11 @@ def test_kill9_server_mid_study_restart_finishes_exact_budget(tmp_path, ray_loca
     srv = sk.start(tmp_path, url, *ray)
     try:
         spec = ck.SPEC.format(name="crash", n_trials=N_TRIALS)
-        assert httpx.post(f"{srv.api}/studies", content=spec, headers=YAML, timeout=60).status_code == 201
+        assert httpx.post(f"{srv.api}/studies", content=spec, headers=YAML | srv.headers, timeout=60).status_code == 201
         deadline = time.monotonic() + 120
-        while _rows(srv.api) < 40 and time.monotonic() < deadline:
+        while _rows(srv) < 40 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _rows(srv.api) < N_TRIALS, "the study ended before the kill"
+        assert _rows(srv) < N_TRIALS, "the study ended before the kill"
         driver = psutil.Process(_driver_pid(url))
     finally:
         sk.kill(srv, hard=True)
@@ -48,7 +48,7 @@ def test_kill9_server_mid_study_restart_finishes_exact_budget(tmp_path, ray_loca
 
     srv = sk.start(tmp_path, url, *ray)
     try:
-        final = sk.wait_state(srv.api, "crash", ("completed", "failed", "cancelled"), timeout_s=300)
+        final = sk.wait_state(srv.api, "crash", ("completed", "failed", "cancelled"), srv.headers, timeout_s=300)
     finally:
         sk.kill(srv)
     assert final["state"] == "completed", final
@@ -75,15 +75,18 @@ def test_storage_password_in_no_response_or_log(tmp_path, postgres) -> None:
     srv = sk.start(tmp_path, postgres.url(database="autotune"), "--log-level", "debug")
     try:
         spec = (Path(__file__).resolve().parents[2] / "search_spaces/examples/quickstart.yaml").read_text()
+        auth = srv.headers
         bodies = [httpx.get(f"{srv.api}/health").text,
-                  httpx.post(f"{srv.api}/studies", content=spec, headers=YAML, timeout=60).text]
-        final = sk.wait_state(srv.api, "quickstart", ("completed", "failed"), timeout_s=120)
+                  httpx.post(f"{srv.api}/studies", content=spec, headers=YAML | auth, timeout=60).text]
+        final = sk.wait_state(srv.api, "quickstart", ("completed", "failed"), auth, timeout_s=120)
         assert final["state"] == "completed", final
-        bodies += [httpx.get(f"{srv.api}/studies").text, httpx.get(f"{srv.api}/studies/quickstart").text,
-                   httpx.get(f"{srv.api}/studies/missing").text,
-                   httpx.get(f"{srv.api}/studies/quickstart/best").text,
-                   httpx.post(f"{srv.api}/studies", content=spec, headers=YAML, timeout=60).text]
+        bodies += [httpx.get(f"{srv.api}/studies", headers=auth).text,
+                   httpx.get(f"{srv.api}/studies", params={"records": "true"}, headers=auth).text,
+                   httpx.get(f"{srv.api}/studies/quickstart", headers=auth).text,
+                   httpx.get(f"{srv.api}/studies/missing", headers=auth).text,
+                   httpx.get(f"{srv.api}/studies/quickstart/best", headers=auth).text,
+                   httpx.post(f"{srv.api}/studies", content=spec, headers=YAML | auth, timeout=60).text]
     finally:
         sk.kill(srv)
-    assert all(PASSWORD not in b for b in bodies)
-    assert PASSWORD not in srv.log_text() and "***" in srv.log_text()
+    assert all(PASSWORD not in b and srv.token not in b for b in bodies)
+    assert PASSWORD not in srv.log_text() and "***" in srv.log_text() and srv.token not in srv.log_text()

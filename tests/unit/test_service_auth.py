@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import re
+import stat
 from unittest import mock
 
 import pytest
 
 from autotune.errors import SpecError
-from autotune.service import auth
+from autotune.service import auth, local_token
 from autotune.service.auth import Tokens, bearer, digest, parse_token_file, tokens_from_env
 from autotune.service.settings import is_loopback, make_settings
 
@@ -112,3 +114,38 @@ def test_serve_refuses_a_public_host_without_tokens(cli, monkeypatch, tmp_path) 
     code, out, err = cli(["serve", "--host", "0.0.0.0", "--storage", f"sqlite:///{tmp_path}/a.db"])
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: host: 0.0.0.0 is not a loopback address")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"AUTOTUNE_TOKEN_FILE": "/srv/at/token", "XDG_STATE_HOME": "/x"}, "/srv/at/token"),
+    ({"XDG_STATE_HOME": "/var/state"}, "/var/state/autotune/serve-token"),
+    ({"XDG_STATE_HOME": "relative/dir"}, "HOME/.local/state/autotune/serve-token"),  # XDG: relative is ignored
+    ({"XDG_STATE_HOME": ""}, "HOME/.local/state/autotune/serve-token"),
+    ({}, "HOME/.local/state/autotune/serve-token"),
+])
+def test_local_token_path(env, expected, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert str(local_token.token_path(env)) == expected.replace("HOME", str(tmp_path))
+
+
+def test_made_token_is_private_and_only_its_digest_kept(tmp_path) -> None:
+    path = tmp_path / "state" / "autotune" / "serve-token"
+    tokens = local_token.make_token(path)
+    token = local_token.read_token(path)
+    # token_urlsafe(32): 32 random bytes in unpadded base64url, ceil(32 * 4 / 3) = 43 characters
+    assert token is not None and len(token) == 43 and re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert tokens.named == (("local", digest(token)),) and tokens.match(token) == "local"
+    assert token not in repr(tokens) and digest(token) not in repr(tokens)
+    path.chmod(0o644)
+    again = local_token.make_token(path)  # a new start: a new token, the file private again, nothing else left
+    assert local_token.read_token(path) != token and again.match(token) is None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["serve-token"]
+    assert local_token.read_token(tmp_path / "missing") is None
+
+
+def test_made_token_unwritable_is_one_line(tmp_path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpecError, match=r"^local-token-file: cannot write .*file/serve-token: "):
+        local_token.make_token(tmp_path / "file" / "serve-token")

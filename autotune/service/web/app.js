@@ -87,7 +87,7 @@ async function api(path, options = {}) {
     } catch (e) {
       detail = { field: null, message: `HTTP ${res.status} ${res.statusText}` };
     }
-    if (res.status === 401) detail.message = `${detail.message} (enter an API token at the top of the page)`;
+    if (res.status === 401) detail.message = `${detail.message} (enter an API token at the top of the page: see the note there for where to find it)`;
     throw new ApiError(res.status, detail);
   }
   return res;
