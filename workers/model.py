@@ -6,12 +6,16 @@ name: ``tok_embeddings`` (+ ``pos_embeddings`` for a learned position table), ``
 ``output``. ``forward`` skips whichever of these a pipeline stage does not own (set to ``None``), so a
 middle stage maps hidden states to hidden states.
 
+A mixture-of-experts spec puts an :class:`MoE` block in place of the MLP of its MoE layers
+(:func:`is_moe_layer`); expert parallelism (:mod:`workers.parallel.ep`) swaps its token exchange.
+
 Initialisation is per parameter from a generator seeded by (seed, parameter name), so a pipeline
 stage holding any subset of the layers gets exactly the weights of the full model.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -20,7 +24,10 @@ from torch import nn
 
 from autotune.spec import ModelSpec
 
-__all__ = ["Transformer", "build_model", "init_weights", "synthetic_batch", "rope_frequencies"]
+__all__ = [
+    "Transformer", "build_model", "init_weights", "synthetic_batch", "rope_frequencies", "MoE", "GroupedExperts",
+    "LocalExchange", "is_moe_layer",
+]
 
 
 def _norm(spec: ModelSpec) -> nn.Module:
@@ -97,13 +104,120 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+def is_moe_layer(spec: ModelSpec, i: int) -> bool:
+    """True when layer ``i`` (from 0) is an MoE layer: ``first_dense_layers``, then every ``moe_every``-th
+    layer (the layers :attr:`ModelSpec.moe_layers` counts)."""
+    return spec.is_moe and i >= spec.first_dense_layers and (i - spec.first_dense_layers) % spec.moe_every == 0
+
+
+class GroupedExperts(nn.Module):
+    """The routed experts' MLPs, weights stacked ``[experts, h, f]`` (w1, w3) and ``[experts, f, h]`` (w2), as
+    Megatron-LM's ``GroupedMLP`` and torchtitan's ``GroupedExperts``. :meth:`forward` takes tokens sorted by
+    expert and each expert's count and runs one ``torch.mm`` per expert on its contiguous slice."""
+
+    def __init__(self, spec: ModelSpec, n_experts: int) -> None:
+        super().__init__()
+        e, h, f, gated = n_experts, spec.hidden, spec.expert_ffn, spec.activation == "swiglu"
+        self.w1 = nn.Parameter(torch.empty(e, h, f))
+        self.w2 = nn.Parameter(torch.empty(e, f, h))
+        self.w3 = nn.Parameter(torch.empty(e, h, f)) if gated else None
+        bias = spec.bias == "all"
+        self.w1_bias = nn.Parameter(torch.empty(e, f)) if bias else None
+        self.w2_bias = nn.Parameter(torch.empty(e, h)) if bias else None
+        self.w3_bias = nn.Parameter(torch.empty(e, f)) if bias and gated else None
+
+    @property
+    def n_experts(self) -> int:
+        """Experts held here (all of them, or this rank's share under expert parallelism)."""
+        return self.w1.shape[0]
+
+    def _linear(self, x: torch.Tensor, name: str, i: int) -> torch.Tensor:
+        bias = getattr(self, f"{name}_bias")
+        y = torch.mm(x, getattr(self, name)[i])
+        return y if bias is None else y + bias[i]
+
+    def glu(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """silu(a) · b (SwiGLU)."""
+        return F.silu(a) * b
+
+    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        outs, start = [], 0
+        for i, n in enumerate(counts):
+            xi = x[start : start + n]
+            a = self._linear(xi, "w1", i)
+            hidden = F.gelu(a) if self.w3 is None else self.glu(a, self._linear(xi, "w3", i))
+            outs.append(self._linear(hidden, "w2", i))
+            start += n
+        return torch.cat(outs) if outs else x[:0]
+
+
+class LocalExchange:
+    """Token exchange without expert parallelism: every expert is local."""
+
+    def __call__(self, tokens: torch.Tensor, counts: list[int], experts: GroupedExperts) -> torch.Tensor:
+        return experts(tokens, counts)
+
+
+class MoE(nn.Module):
+    """Mixture-of-experts MLP: top-k token-choice router, routed experts, optional shared experts.
+
+    The router (``gate``, h → experts) scores each token with a softmax over the experts and keeps the top
+    ``experts_per_token``, their weights renormalised to sum to one (Mixtral, Jiang et al. 2024, §2.1;
+    Qwen3-MoE's ``norm_topk_prob``). The token copies are sorted by expert (:meth:`route`), passed through
+    the experts by ``exchange`` (:class:`LocalExchange`, or expert parallelism's all-to-all) and summed
+    back into their tokens with the router weights. Dropless unless the spec sets ``capacity_factor``: then
+    each expert keeps at most ``ceil(capacity_factor · tokens · k / experts)`` copies, the first ones in
+    token order (GShard, Lepikhin et al. 2020, §2.2), and the dropped copies add nothing. Shared experts
+    (DeepSeekMoE, Dai et al. 2024) are one MLP of ``shared_experts · shared_expert_ffn`` width that every
+    token runs through, as Megatron-LM's ``--moe-shared-expert-intermediate-size``. No auxiliary
+    load-balancing loss is added, so the loss is the language-model loss alone.
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
+        self.top_k, self.n_experts, self.capacity_factor = spec.experts_per_token, spec.experts, spec.capacity_factor
+        self.gate = nn.Linear(spec.hidden, spec.experts, bias=spec.bias == "all")
+        self.experts = GroupedExperts(spec, spec.experts)
+        width = spec.shared_experts * spec.shared_expert_ffn
+        self.shared = FeedForward(spec.model_copy(update={"ffn_hidden": width})) if width else None
+        self.exchange: LocalExchange = LocalExchange()
+
+    def route(self, expert_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """``(order, counts)``: the token-copy indices (``token · k + j``) sorted by expert, stably, with
+        copies over capacity left out, and how many copies each expert gets."""
+        flat = expert_ids.flatten()
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.n_experts)
+        if self.capacity_factor is None:
+            return order, counts.tolist()
+        capacity = math.ceil(self.capacity_factor * flat.numel() / self.n_experts)
+        starts = torch.cumsum(counts, 0) - counts
+        rank_in_expert = torch.arange(flat.numel(), device=flat.device) - starts.repeat_interleave(counts)
+        return order[rank_in_expert < capacity], counts.clamp(max=capacity).tolist()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        scores = F.softmax(self.gate(tokens).float(), dim=-1)
+        weights, expert_ids = scores.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(-1, keepdim=True)).type_as(x)
+        order, counts = self.route(expert_ids)
+        routed = self.exchange(tokens.index_select(0, order // self.top_k), counts, self.experts)
+        copies = routed.new_zeros(tokens.shape[0] * self.top_k, shape[-1]).index_copy(0, order, routed)
+        out = (copies.view(-1, self.top_k, shape[-1]) * weights.unsqueeze(-1)).sum(1)
+        if self.shared is not None:
+            out = out + self.shared(tokens)
+        return out.view(shape)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); the mlp is an :class:`MoE` in MoE layers."""
+
+    def __init__(self, spec: ModelSpec, moe: bool = False) -> None:
+        super().__init__()
         self.attention_norm, self.attention = _norm(spec), Attention(spec)
-        self.ffn_norm, self.feed_forward = _norm(spec), FeedForward(spec)
+        self.ffn_norm = _norm(spec)
+        self.feed_forward: nn.Module = MoE(spec) if moe else FeedForward(spec)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), freqs)
@@ -121,7 +235,7 @@ class Transformer(nn.Module):
         self.pos_embeddings: nn.Module | None = (
             nn.Embedding(spec.max_seq_len, spec.hidden) if learned else None
         )
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec) for i in range(spec.layers)})
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, is_moe_layer(spec, i)) for i in range(spec.layers)})
         self.norm: nn.Module | None = _norm(spec)
         self.output: nn.Module | None = nn.Linear(spec.hidden, spec.vocab, bias=False)
         if spec.tied_embeddings:

@@ -1,0 +1,190 @@
+"""Expert parallelism: routed experts split over an ``ep`` process group, tokens exchanged by all-to-all.
+
+Megatron-LM's MoE parallel folding (``megatron/core/transformer/moe/README.md``, core_v0.19.0): the
+``tp · cp · dp`` ranks of a pipeline stage that attention uses are, for the experts, ``edp · ep · etp``
+(:func:`expert_mesh`: the same ranks, etp innermost, then ep). Rank ``r`` of an ep group holds experts
+``[r · E/ep, (r+1) · E/ep)`` (:func:`apply_ep` keeps that slice of the seeded full weights), and each MoE
+layer's :class:`AllToAllExchange` sends every token copy to the rank of its expert: the per-expert counts
+first (``all_to_all_single`` of ``ep × E/ep`` integers), then the tokens with those split sizes; the
+received copies are regrouped by local expert, run through the grouped experts and sent back by the
+reverse all-to-all (torchtitan's ``expert_parallel.py`` token dispatch, the same two collectives).
+
+Gradients: dense parameters are averaged over ``dp · cp`` by DDP/FSDP as before. Expert parameters are
+replicated over ``edp`` only, so DDP leaves them out (:func:`ignore_experts_in_ddp`) and
+:func:`sync_expert_grads` sums them over edp and divides by ``dp · cp`` — every stage rank's tokens reach
+some replica of an expert, and the loss is a mean over the ``dp · cp`` token shards; with tensor
+parallelism but no sequence parallelism the ``tp`` ranks route the same tokens, so it divides by ``tp``
+too. Under FSDP (ZeRO-2/3) the experts get their own ``fully_shard`` over the edp mesh with that divide
+factor (:func:`shard_experts`, torchtitan's ``apply_fsdp`` for MoE blocks), and the states of ZeRO-1
+shard over edp as well (:func:`expert_shard_mesh`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from autotune.config import ParallelConfig
+from workers.model import GroupedExperts, MoE
+from workers.parallel.errors import UnsupportedLayout
+from workers.parallel.zero import PRECISION_DTYPES
+
+__all__ = [
+    "AllToAllExchange", "apply_ep", "check_ep", "expert_mesh", "expert_params", "ignore_experts_in_ddp",
+    "shard_experts", "sync_expert_grads", "grad_divisor",
+]
+
+
+def check_ep(cfg: ParallelConfig) -> None:
+    """Raise :class:`UnsupportedLayout` for an expert layout this data plane cannot run."""
+    if cfg.etp > 1:
+        raise UnsupportedLayout(f"expert tensor parallelism (etp={cfg.etp}) is not implemented in the native-torch "
+                                "data plane (etp=1 runs every ep layout)")
+
+
+def expert_mesh(mesh: DeviceMesh, cfg: ParallelConfig) -> DeviceMesh:
+    """The ``("edp", "ep", "etp")`` mesh over this pipeline stage's ``dp · cp · tp`` ranks of the
+    ``("pp", "dp", "cp", "tp")`` ``mesh``."""
+    flat = mesh["dp", "cp", "tp"]._flatten("dp_cp_tp")
+    return flat._unflatten(0, (cfg.edp, cfg.ep, cfg.etp), ("edp", "ep", "etp"))
+
+
+def moe_blocks(chunk: nn.Module) -> Iterator[MoE]:
+    """The MoE modules of ``chunk`` (a model, a pipeline stage, or one wrapped by DDP)."""
+    return (m for m in chunk.modules() if isinstance(m, MoE))
+
+
+def expert_params(chunk: nn.Module) -> list[nn.Parameter]:
+    """The routed experts' parameters of ``chunk``."""
+    return [p for m in chunk.modules() if isinstance(m, GroupedExperts) for p in m.parameters()]
+
+
+class _AllToAll(torch.autograd.Function):
+    """``all_to_all_single`` with split sizes; its backward is the reverse exchange of the gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any) -> torch.Tensor:
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        out = x.new_empty((sum(out_splits), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        out_splits, in_splits = ctx.splits
+        back = grad.new_empty((sum(in_splits), *grad.shape[1:]))
+        dist.all_to_all_single(back, grad.contiguous(), in_splits, out_splits, group=ctx.group)
+        return back, None, None, None
+
+
+def _expert_major(recv: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Indices that reorder copies received source-major (source rank, then local expert, counts
+    ``recv[source][expert]``) into expert-major order (local expert, then source)."""
+    starts, at = [], 0
+    for row in recv:
+        starts.append([])
+        for n in row:
+            starts[-1].append(at)
+            at += n
+    pieces = [torch.arange(starts[s][e], starts[s][e] + recv[s][e], device=device)
+              for e in range(len(recv[0])) for s in range(len(recv))]
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long, device=device)
+
+
+class AllToAllExchange:
+    """Token exchange of one MoE layer over the ep ``group`` of ``ep`` ranks.
+
+    ``balanced`` (the dry run's fake tensors have no values to count): every rank is assumed to send each
+    expert the same number of copies, so the counts received equal the counts sent and are not exchanged.
+    """
+
+    def __init__(self, group: Any, ep: int, *, balanced: bool = False) -> None:
+        self.group, self.ep, self.balanced = group, ep, balanced
+
+    def _received_counts(self, send: list[list[int]], device: torch.device) -> list[list[int]]:
+        if self.balanced:
+            return send
+        sent = torch.tensor(send, dtype=torch.long, device=device)
+        got = torch.empty_like(sent)
+        dist.all_to_all_single(got, sent, group=self.group)
+        return got.tolist()
+
+    def __call__(self, tokens: torch.Tensor, counts: list[int], experts: GroupedExperts) -> torch.Tensor:
+        n_local = experts.n_experts
+        send = [counts[r * n_local : (r + 1) * n_local] for r in range(self.ep)]
+        recv = self._received_counts(send, tokens.device)
+        in_splits, out_splits = [sum(row) for row in send], [sum(row) for row in recv]
+        received = _AllToAll.apply(tokens, out_splits, in_splits, self.group)
+        perm = _expert_major(recv, tokens.device)
+        per_expert = [sum(row[e] for row in recv) for e in range(n_local)]
+        out = experts(received.index_select(0, perm), per_expert)
+        back = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
+        return _AllToAll.apply(out.index_select(0, back), in_splits, out_splits, self.group)
+
+
+def apply_ep(chunk: nn.Module, ep_mesh: DeviceMesh, *, balanced: bool = False) -> None:
+    """Keep this ep rank's slice of every MoE layer's experts in ``chunk`` and exchange tokens over
+    ``ep_mesh`` (1-D); a no-op for ``ep_mesh.size() == 1`` (all experts local)."""
+    ep = ep_mesh.size()
+    if ep == 1:
+        return
+    rank, group = ep_mesh.get_local_rank(), ep_mesh.get_group()
+    for moe in moe_blocks(chunk):
+        experts = moe.experts
+        n_local = experts.n_experts // ep
+        for name, p in list(experts.named_parameters(recurse=False)):
+            local = p.detach()[rank * n_local : (rank + 1) * n_local].clone()
+            setattr(experts, name, nn.Parameter(local, requires_grad=p.requires_grad))
+        moe.exchange = AllToAllExchange(group, ep, balanced=balanced)
+
+
+def ignore_experts_in_ddp(chunk: nn.Module) -> None:
+    """Leave ``chunk``'s expert parameters out of a DDP wrapper built next: they are not replicated over
+    the data-parallel group (uses DDP's ``_set_params_and_buffers_to_ignore_for_model``)."""
+    ids = {id(p) for p in expert_params(chunk)}
+    names = [n for n, p in chunk.named_parameters() if id(p) in ids]
+    if names:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(chunk, names)
+
+
+def grad_divisor(cfg: ParallelConfig) -> int:
+    """What the edp-summed expert gradients are divided by: the ``dp · cp`` token shards the loss averages
+    over, times ``tp`` when tensor-parallel ranks route the same (not sequence-sharded) tokens."""
+    return cfg.dp * cfg.cp * (cfg.tp if cfg.tp > 1 and not cfg.sequence_parallel else 1)
+
+
+def shard_experts(chunk: nn.Module, edp_mesh: DeviceMesh, cfg: ParallelConfig, *, precision: str = "fp32") -> None:
+    """ZeRO-2/3: ``fully_shard`` every MoE layer's experts over the 1-D ``edp_mesh`` (before the blocks
+    are sharded over the data-parallel mesh), their gradients summed and divided by :func:`grad_divisor`."""
+    kwargs: dict[str, Any] = dict(mesh=edp_mesh, reshard_after_forward=cfg.zero == 3)
+    if precision != "fp32":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=PRECISION_DTYPES[precision], reduce_dtype=torch.float32)
+    for moe in moe_blocks(chunk):
+        fully_shard(moe.experts, **kwargs)
+        moe.experts.set_gradient_divide_factor(float(grad_divisor(cfg)))
+
+
+@torch.no_grad()
+def sync_expert_grads(parts: list[nn.Module], edp_mesh: DeviceMesh, cfg: ParallelConfig) -> None:
+    """Without FSDP: sum every expert gradient over ``edp_mesh`` and divide it by :func:`grad_divisor`
+    (call after the step's backward passes, before the optimizer)."""
+    if cfg.zero >= 2:
+        return
+    grads = [p.grad for part in parts for p in expert_params(part) if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    if edp_mesh.size() > 1:
+        dist.all_reduce(flat, group=edp_mesh.get_group())
+    flat /= grad_divisor(cfg)
+    at = 0
+    for g in grads:
+        g.copy_(flat[at : at + g.numel()].view_as(g))
+        at += g.numel()
