@@ -41,6 +41,10 @@ class ParallelConfig:
     """ZeRO stage 0–3 (1 = Megatron's distributed optimizer; 3 = FSDP full sharding)."""
     dp_shard: int = 1
     """Ranks ZeRO shards over; dp_shard < dp replicates across dp/dp_shard groups (HSDP)."""
+    ep: int = 1
+    """Expert-parallel degree: each rank of an ep group holds experts/ep routed experts (MoE models only)."""
+    etp: int = 1
+    """Expert tensor-parallel degree: each expert's MLP sharded over etp ranks (Megatron-LM MoE parallel folding)."""
     micro_batch: int = 1
     """Sequences per micro-batch per data-parallel rank."""
     grad_accum: int = 1
@@ -64,6 +68,12 @@ class ParallelConfig:
     def world(self) -> int:
         """GPUs the layout occupies."""
         return self.tp * self.pp * self.cp * self.dp
+
+    @property
+    def edp(self) -> int:
+        """Expert data-parallel size: the ranks of a stage, tp·cp·dp, folded as etp·ep·edp (Megatron-LM core_v0.19.0
+        megatron/core/transformer/moe/README.md, MoE parallel folding); expert states ZeRO-shard over edp."""
+        return self.tp * self.cp * self.dp // (self.etp * self.ep)
 
     @property
     def dp_replicate(self) -> int:
@@ -102,6 +112,18 @@ def _check(cond: bool, msg: str) -> None:
         raise InfeasibleConfig(msg)
 
 
+def _check_experts(model: ModelSpec, stage_ranks: int, ranks_text: str, ep: int, etp: int) -> None:
+    """Megatron-LM MoE parallel folding: etp·ep divides the stage's tp·cp·dp ranks, ep the routed experts."""
+    if not model.is_moe:
+        _check(ep == 1 and etp == 1, f"ep={ep} etp={etp}: expert parallelism needs a mixture-of-experts model "
+                                     f"(experts={model.experts})")
+        return
+    _check(stage_ranks % (etp * ep) == 0,
+           f"etp*ep={etp}*{ep}={etp * ep} does not divide {ranks_text}={stage_ranks}")
+    _check(model.experts % ep == 0, f"ep={ep} does not divide experts={model.experts}")
+    _check(model.expert_ffn % etp == 0, f"etp={etp} does not divide expert_ffn_hidden={model.expert_ffn}")
+
+
 def derive(
     model: ModelSpec,
     training: TrainingSpec,
@@ -113,6 +135,8 @@ def derive(
     vpp: int = 1,
     zero: int = 0,
     dp_shard: int | None = None,
+    ep: int = 1,
+    etp: int = 1,
     micro_batch: int = 1,
     recompute: str = "none",
     recompute_layers: int | None = None,
@@ -124,9 +148,12 @@ def derive(
 ) -> ParallelConfig:
     """Build a validated :class:`ParallelConfig`, deriving dp and grad_accum.
 
+    Expert layouts follow Megatron-LM's MoE parallel folding: tp·cp·dp = etp·ep·edp on each pipeline stage, the
+    routed experts divisible by ep, each expert's MLP width by etp; a dense model keeps ep = etp = 1.
     Raises :class:`InfeasibleConfig` with the numbers when the layout cannot run.
     """
-    for name, value in dict(tp=tp, pp=pp, cp=cp, vpp=vpp, micro_batch=micro_batch, gpus=gpus).items():
+    for name, value in dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, etp=etp, micro_batch=micro_batch,
+                            gpus=gpus).items():
         _check(isinstance(value, int) and value >= 1, f"{name}={value} must be a positive integer")
     _check(zero in (0, 1, 2, 3), f"zero={zero} must be one of 0, 1, 2, 3")
     _check(recompute in RECOMPUTE_MODES, f"recompute={recompute!r} must be one of {', '.join(RECOMPUTE_MODES)}")
@@ -160,9 +187,10 @@ def derive(
         per_stage = model.layers // pp
         _check(1 <= recompute_layers <= per_stage,
                f"recompute_layers={recompute_layers} must be in 1..layers/pp={per_stage}")
+    _check_experts(model, tp * cp * dp, f"tp*cp*dp={tp}*{cp}*{dp}", ep, etp)
     grad_accum = training.global_batch // (micro_batch * dp)
     return ParallelConfig(
-        tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, zero=zero, dp_shard=shard, micro_batch=micro_batch,
+        tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, zero=zero, dp_shard=shard, ep=ep, etp=etp, micro_batch=micro_batch,
         grad_accum=grad_accum, recompute=recompute, recompute_layers=recompute_layers,  # type: ignore[arg-type]
         sequence_parallel=sequence_parallel, pp_schedule=pp_schedule,  # type: ignore[arg-type]
         tp_comm_overlap=tp_comm_overlap,

@@ -73,6 +73,120 @@ class ModelSpec(_Frozen):
         " Megatron-LM's default (Llama 3 uses 500000). Ignored with learned positions.")
     max_seq_len: PosInt = Field(2048, description="Positions of a learned table; longest trained sequence.")
     dropout: bool = Field(False, description="Dropout layers present (stores 1-byte masks).")
+    # Mixture of experts (Megatron-LM core_v0.19.0 --num-experts ...) and multi-head latent attention (DeepSeek-V2).
+    experts: Annotated[int, Field(ge=0)] = Field(0, description="Routed experts per MoE layer; 0 = dense model.")
+    experts_per_token: Annotated[int, Field(ge=0)] = Field(
+        0, description="Routed experts each token goes to (top-k of a token-choice router); > 0 with experts.")
+    expert_ffn_hidden: PosInt | None = Field(
+        None, description="Inner width of one routed expert's MLP; default ffn_hidden (--moe-ffn-hidden-size).")
+    shared_experts: Annotated[int, Field(ge=0)] = Field(
+        0, description="Shared experts every token goes through besides its routed ones (DeepSeekMoE).")
+    shared_expert_ffn_hidden: PosInt | None = Field(
+        None, description="Inner width of one shared expert; default expert_ffn_hidden.")
+    first_dense_layers: Annotated[int, Field(ge=0)] = Field(
+        0, description="Leading layers with a dense MLP of width ffn_hidden (DeepSeek-V3 first_k_dense_replace).")
+    moe_every: PosInt = Field(1, description="Every k-th layer after the dense ones is MoE, the others dense.")
+    capacity_factor: PosFloat | None = Field(
+        None, description="Expert capacity as a multiple of the balanced tokens per expert (tokens beyond it are "
+        "dropped, GShard); None = dropless (Megatron-LM's default, --moe-expert-capacity-factor unset).")
+    router: Literal["token_choice"] = Field("token_choice", description="Router kind: top-k token choice.")
+    q_lora_rank: PosInt | None = Field(None, description="MLA: rank of the query down-projection; None = full q.")
+    kv_lora_rank: PosInt | None = Field(None, description="MLA: rank of the compressed key/value latent; setting it "
+                                        "selects multi-head latent attention.")
+    qk_rope_head_dim: PosInt | None = Field(None, description="MLA: rotary part of each query/key head.")
+    qk_nope_head_dim: PosInt | None = Field(None, description="MLA: non-rotary part of each query/key head.")
+    v_head_dim: PosInt | None = Field(None, description="MLA: width of each value head.")
+
+    @model_validator(mode="after")
+    def _check_moe(self) -> ModelSpec:
+        if (self.experts > 0) != (self.experts_per_token > 0):
+            raise ValueError(f"experts={self.experts} and experts_per_token={self.experts_per_token}: "
+                             "set both (a mixture of experts) or neither (dense)")
+        if self.experts_per_token > self.experts:
+            raise ValueError(f"experts_per_token={self.experts_per_token} exceeds experts={self.experts}")
+        if self.experts and self.moe_layers == 0:
+            raise ValueError(f"first_dense_layers={self.first_dense_layers} and moe_every={self.moe_every} leave"
+                             f" no MoE layer among layers={self.layers}")
+        mla = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+        unset = [k for k in mla if getattr(self, k) is None]
+        if self.kv_lora_rank is not None and unset:
+            raise ValueError(f"multi-head latent attention (kv_lora_rank={self.kv_lora_rank}) needs {', '.join(unset)}")
+        if self.kv_lora_rank is None and (set_ := [k for k in (*mla, "q_lora_rank") if getattr(self, k)]):
+            raise ValueError(f"{', '.join(set_)} need kv_lora_rank (multi-head latent attention)")
+        return self
+
+    @property
+    def is_moe(self) -> bool:
+        """True for a mixture-of-experts model (experts > 0)."""
+        return self.experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        """True for multi-head latent attention (kv_lora_rank set)."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def moe_layers(self) -> int:
+        """MoE layers: layers first_dense_layers, first_dense_layers + moe_every, ... (0 for a dense model)."""
+        if not self.is_moe or self.layers <= self.first_dense_layers:
+            return 0
+        return (self.layers - self.first_dense_layers - 1) // self.moe_every + 1
+
+    @property
+    def expert_ffn(self) -> int:
+        """Inner width of one routed expert."""
+        return self.expert_ffn_hidden or self.ffn
+
+    @property
+    def shared_expert_ffn(self) -> int:
+        """Inner width of one shared expert."""
+        return self.shared_expert_ffn_hidden or self.expert_ffn
+
+    def _norm(self, width: int) -> int:
+        return 2 * width if self.norm == "layernorm" else width
+
+    def mla_params(self) -> int:
+        """Parameters of one multi-head latent attention block (DeepSeek-V2, Liu et al. 2024, §2.1).
+
+        Query: h×q_lora + norm(q_lora) + q_lora×a·(nope + rope), or h×a·(nope + rope) without a q rank; key/value:
+        h×(kv_lora + rope) (the latent plus the shared rotary key) + norm(kv_lora) + kv_lora×a·(nope + v); output
+        a·v×h. Shapes of transformers' DeepseekV3Attention (q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj).
+        """
+        h, a, qk = self.hidden, self.heads, (self.qk_nope_head_dim or 0) + (self.qk_rope_head_dim or 0)
+        kvl, v = self.kv_lora_rank or 0, self.v_head_dim or 0
+        ql = self.q_lora_rank
+        q = h * a * qk if ql is None else h * ql + self._norm(ql) + ql * a * qk
+        kv = h * (kvl + (self.qk_rope_head_dim or 0)) + self._norm(kvl) + kvl * a * ((self.qk_nope_head_dim or 0) + v)
+        return q + kv + a * v * h
+
+    def mlp_params(self, width: int) -> int:
+        """One MLP (a dense layer's or one expert's) of inner width ``width``, biases included with bias='all'."""
+        gated = self.activation == "swiglu"
+        bias = ((2 * width if gated else width) + self.hidden) if self.bias == "all" else 0
+        return (3 if gated else 2) * self.hidden * width + bias
+
+    def router_params(self) -> int:
+        """The router's linear layer h×experts (plus a bias with bias='all', GPT-OSS)."""
+        return self.hidden * self.experts + (self.experts if self.bias == "all" else 0)
+
+    def moe_layer_params(self, active: bool = False) -> int:
+        """One MoE block: the dense block with its MLP replaced by router + routed experts + shared experts.
+
+        ``active``: only the experts_per_token routed experts one token runs through.
+        """
+        routed = self.experts_per_token if active else self.experts
+        moe = self.router_params() + (routed * self.mlp_params(self.expert_ffn)
+                                      + self.shared_experts * self.mlp_params(self.shared_expert_ffn))
+        return self.layer_params() - self.mlp_params(self.ffn) + moe
+
+    def active_param_count(self, input_embedding: bool = True) -> int:
+        """Parameters one token runs through: all but the routed experts it is not sent to (= param_count()
+        for a dense model). ``input_embedding=False`` leaves out the embedding table, of which a token reads
+        one row (OpenAI's gpt-oss model card counts active parameters that way; Mistral, Qwen and DeepSeek count
+        the table)."""
+        dense = self.layers - self.moe_layers
+        body = dense * self.layer_params() + self.moe_layers * self.moe_layer_params(active=True)
+        return (self.embedding_params() if input_embedding else 0) + body + self.head_params()
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelSpec:
@@ -108,7 +222,7 @@ class ModelSpec(_Frozen):
         N = h·v + L(12h² + 13h) + 2h.
         """
         h, f, kvd = self.hidden, self.ffn, self.n_kv_heads * self.head_dim
-        attn = 2 * h * h + 2 * h * kvd
+        attn = self.mla_params() if self.is_mla else 2 * h * h + 2 * h * kvd
         mlp = (3 if self.activation == "swiglu" else 2) * h * f
         bias = 0
         if self.bias in ("qkv", "all"):
@@ -127,8 +241,10 @@ class ModelSpec(_Frozen):
         return self.norm_params() + (0 if self.tied_embeddings else self.vocab * self.hidden)
 
     def param_count(self) -> int:
-        """Total parameters N (each tied matrix counted once)."""
-        return self.embedding_params() + self.layers * self.layer_params() + self.head_params()
+        """Total parameters N (each tied matrix counted once); MoE layers count every expert."""
+        dense = self.layers - self.moe_layers
+        body = dense * self.layer_params() + self.moe_layers * self.moe_layer_params()
+        return self.embedding_params() + body + self.head_params()
 
 
 class GPUSpec(_Frozen):

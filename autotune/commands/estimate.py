@@ -140,6 +140,8 @@ def estimate_cmd(
     vpp: int | None = typer.Option(None, help="Virtual pipeline chunks per stage [default: 1]."),
     zero: int | None = typer.Option(None, help="ZeRO stage 0-3 [default: 0]."),
     dp_shard: int | None = typer.Option(None, help="ZeRO shard group size [default: dp] (< dp: HSDP)."),
+    ep: int | None = typer.Option(None, help="Expert-parallel degree (MoE models; divides experts) [default: 1]."),
+    etp: int | None = typer.Option(None, help="Expert tensor-parallel degree (MoE models) [default: 1]."),
     micro_batch: int | None = typer.Option(None, help="Micro-batch size [default: 1]."),
     recompute: str | None = typer.Option(None, help=f"{' | '.join(RECOMPUTE_MODES)} [default: none]."),
     recompute_layers: int | None = typer.Option(None, help="Layers per stage to recompute (full only) "

@@ -35,6 +35,8 @@ INTERLEAVED = {"tp": 2, "pp": 2, "cp": 2, "vpp": 2, "zero": 1, "dp_shard": 1, "m
                "recompute_layers": 3, "sequence_parallel": True, "tp_comm_overlap": True,
                "overlap_grad_reduce": False, "overlap_param_gather": False}
 GPIPE = {"pp": 4, "pp_schedule": "gpipe", "zero": 3, "dp_shard": 2, "recompute": "selective"}
+#: The expert-parallel fields, on a mixture-of-experts preset (a dense model refuses them).
+EXPERT = {"ep": 4, "etp": 2}
 
 
 def _args(values: dict) -> list[str]:
@@ -62,10 +64,14 @@ def test_every_field_has_its_flag(name: str) -> None:
 
 
 def test_every_layout_flag_reaches_the_layout(cli) -> None:
-    assert set(INTERLEAVED) | set(GPIPE) == set(LAYOUT_FIELDS)
+    assert set(INTERLEAVED) | set(GPIPE) | set(EXPERT) == set(LAYOUT_FIELDS)
     for values in (INTERLEAVED, GPIPE):
         cfg = _run(cli, _args(values))["config"]
         assert {k: cfg[k] for k in values} == values
+    i = BASE.index("llama3-8b")
+    code, out, err = cli(BASE[:i] + ["mixtral-8x7b"] + BASE[i + 1:] + _args(EXPERT))
+    assert code == 0, err
+    assert {k: json.loads(out)["config"][k] for k in EXPERT} == EXPERT
     # 16 GPUs / (tp 2 * pp 2 * cp 2) = dp 2; 64 / (micro-batch 2 * dp 2) = 16 micro-batches
     cfg = _run(cli, _args(INTERLEAVED))["config"]
     assert (cfg["dp"], cfg["grad_accum"], cfg["dp_replicate"]) == (2, 16, 2)
