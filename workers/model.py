@@ -262,10 +262,10 @@ def init_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-            elif name.endswith("bias"):
+            if name.endswith("bias"):
                 p.zero_()
+            elif p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
             else:
                 p.fill_(1.0)
 

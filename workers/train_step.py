@@ -19,6 +19,7 @@ from workers.model import Transformer, synthetic_batch
 from workers.parallel import Parallelized, cross_entropy
 from workers.parallel.cp import cp_context
 from workers.parallel.dp import maybe_no_sync
+from workers.parallel.ep import sync_expert_grads
 from workers.parallel.zero import PRECISION_DTYPES, zero1_optimizer
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "train_step"]
@@ -89,6 +90,8 @@ def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, step: int, *
     optimizer.zero_grad(set_to_none=True)
     with _autocast(par):
         local = _forward_backward(par, inputs, labels)
+    if par.expert_mesh is not None:
+        sync_expert_grads(par.parts, par.expert_mesh["edp"], par.cfg)
     optimizer.step()
     holders = par.cfg.dp * par.cfg.cp * par.cfg.tp
     loss = (local if local is not None else torch.zeros((), device=par.device)).float().reshape(1)

@@ -14,9 +14,8 @@ replicated over ``edp`` only, so DDP leaves them out (:func:`ignore_experts_in_d
 :func:`sync_expert_grads` sums them over edp and divides by ``dp · cp`` — every stage rank's tokens reach
 some replica of an expert, and the loss is a mean over the ``dp · cp`` token shards; with tensor
 parallelism but no sequence parallelism the ``tp`` ranks route the same tokens, so it divides by ``tp``
-too. Under FSDP (ZeRO-2/3) the experts get their own ``fully_shard`` over the edp mesh with that divide
-factor (:func:`shard_experts`, torchtitan's ``apply_fsdp`` for MoE blocks), and the states of ZeRO-1
-shard over edp as well (:func:`expert_shard_mesh`).
+too. Under FSDP (ZeRO-2/3) the experts get their own ``fully_shard`` over the edp mesh (:func:`shard_experts`,
+torchtitan's ``apply_fsdp`` for MoE blocks, which sets the same divisor as FSDP's divide factor).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from autotune.config import ParallelConfig
@@ -162,23 +162,27 @@ def grad_divisor(cfg: ParallelConfig) -> int:
 
 def shard_experts(chunk: nn.Module, edp_mesh: DeviceMesh, cfg: ParallelConfig, *, precision: str = "fp32") -> None:
     """ZeRO-2/3: ``fully_shard`` every MoE layer's experts over the 1-D ``edp_mesh`` (before the blocks
-    are sharded over the data-parallel mesh), their gradients summed and divided by :func:`grad_divisor`."""
+    are sharded over the data-parallel mesh); FSDP averages their gradients over edp and
+    :func:`sync_expert_grads` rescales the mean to the sum over :func:`grad_divisor`."""
     kwargs: dict[str, Any] = dict(mesh=edp_mesh, reshard_after_forward=cfg.zero == 3)
     if precision != "fp32":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=PRECISION_DTYPES[precision], reduce_dtype=torch.float32)
     for moe in moe_blocks(chunk):
         fully_shard(moe.experts, **kwargs)
-        moe.experts.set_gradient_divide_factor(float(grad_divisor(cfg)))
 
 
 @torch.no_grad()
 def sync_expert_grads(parts: list[nn.Module], edp_mesh: DeviceMesh, cfg: ParallelConfig) -> None:
-    """Without FSDP: sum every expert gradient over ``edp_mesh`` and divide it by :func:`grad_divisor`
-    (call after the step's backward passes, before the optimizer)."""
-    if cfg.zero >= 2:
-        return
+    """Sum every expert gradient over ``edp_mesh`` and divide it by :func:`grad_divisor` (call after the
+    step's backward passes, before the optimizer). Under FSDP the gradients are already edp means of
+    sharded gradients: they are rescaled by ``edp / grad_divisor`` (FSDP's own divide factor would need
+    NCCL's PreMulSum, which gloo lacks)."""
     grads = [p.grad for part in parts for p in expert_params(part) if p.grad is not None]
     if not grads:
+        return
+    if cfg.zero >= 2:
+        torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads],
+                            edp_mesh.size() / grad_divisor(cfg))
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     if edp_mesh.size() > 1:

@@ -79,7 +79,7 @@ class ReplicatedParallel(ParallelStyle):
         return distribute_module(
             module,
             device_mesh,
-            input_fn=lambda _, inputs, mesh: tuple(DTensor.from_local(x, mesh, layout, run_check=False) for x in inputs),
+            input_fn=lambda _, xs, mesh: tuple(DTensor.from_local(x, mesh, layout, run_check=False) for x in xs),
             output_fn=lambda _, out, mesh: out.to_local(),
         )
 
