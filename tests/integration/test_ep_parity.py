@@ -9,6 +9,7 @@ loss and gradients up to fp32 rounding. One spawn per world size runs its layout
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -34,14 +35,23 @@ def _cfg(world: int, **kw: object) -> ParallelConfig:
     return derive(MOE, TRAIN, world, **kw)
 
 
-#: name -> layout. ep 2 on 2 ranks (edp 1); ep 2 x edp 2 on 4 data-parallel ranks, also with ZeRO-3 and
-#: with a 2-stage pipeline (ep 2 within each stage).
+#: name -> layout. ep 2 on 2 ranks (edp 1); ep 2 x edp 2 on 4 data-parallel ranks, also with ZeRO-3, with a
+#: 2-stage pipeline (ep 2 within each stage) and with tp 2 x dp 2 attention (experts fold over the tp ranks too:
+#: ep 2 x edp 2 and ep 4, with sequence parallelism; ep 2 without it, the tp ranks routing the same tokens).
 WORLD2 = {"ep2": _cfg(2, ep=2), "ep2_zero2": _cfg(2, ep=2, zero=2)}
-WORLD4 = {"ep2_dp4": _cfg(4, ep=2), "ep2_dp4_zero3": _cfg(4, ep=2, zero=3), "ep2_pp2": _cfg(4, ep=2, pp=2)}
+WORLD4 = {
+    "ep2_dp4": _cfg(4, ep=2),
+    "ep2_dp4_zero3": _cfg(4, ep=2, zero=3),
+    "ep2_pp2": _cfg(4, ep=2, pp=2),
+    "ep2_tp2_sp": _cfg(4, ep=2, tp=2, sequence_parallel=True),
+    "ep4_tp2_sp": _cfg(4, ep=4, tp=2, sequence_parallel=True),
+    "ep2_tp2": _cfg(4, ep=2, tp=2),
+}
 
 
 def _params(par: object) -> dict[str, tuple[int, torch.Tensor]]:
-    """Local parameters by reference-model name, each with the ep rank whose slice it is (-1: not split)."""
+    """Local parameters by reference-model name (tensor-parallel ones gathered), each with the ep rank whose
+    slice it is (-1: not split over ep)."""
     from torch.distributed.tensor import DTensor
 
     ep_rank = par.expert_mesh["ep"].get_local_rank()
@@ -50,8 +60,11 @@ def _params(par: object) -> dict[str, tuple[int, torch.Tensor]]:
         module = getattr(part, "module", part)
         experts = {id(p) for p in expert_params(module)}
         for name, p in module.named_parameters():
-            t = p.full_tensor() if isinstance(p, DTensor) else p
-            out[name] = (ep_rank if id(p) in experts else -1, t.detach().cpu().clone())
+            clean = re.sub(r"parametrizations\.(\w+)\.original", r"\1", name)
+            owner, _, attr = clean.rpartition(".")
+            t = getattr(module.get_submodule(owner), attr)
+            t = t.full_tensor() if isinstance(t, DTensor) else t
+            out[clean] = (ep_rank if id(p) in experts else -1, t.detach().cpu().clone())
     return out
 
 
