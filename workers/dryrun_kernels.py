@@ -6,7 +6,7 @@ kernels (the analytic model's assumption, Korthikanti et al. 2022) per token per
 * RMSNorm: the CPU composite upcasts to fp32 and saves fp32 copies (4h + 4h per norm); a fused
   kernel (Apex/TE, torch's CUDA ``_fused_rms_norm``) saves the bf16 input and one fp32 rstd per token.
 * SwiGLU: eager saves silu(w1·x) as well (+2f bytes); Megatron's fused ``bias_swiglu`` saves only
-  w1·x and w3·x and recomputes the silu in backward.
+  w1·x and w3·x and recomputes the silu in backward (in the routed and shared experts too).
 * GQA: ``repeat_interleave`` saves K and V expanded to all heads (4h instead of 4·g·d bytes);
   flash attention with native GQA (``enable_gqa``) saves the kv heads only.
 * Sequence parallelism: DTensor saves the all-gathered (b, s, h) inputs of the QKV and fc1 layers;
@@ -35,7 +35,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.utils._python_dispatch import _disable_current_modes
 
-from workers.model import Attention, AttentionCore, FeedForward
+from workers.model import Attention, AttentionCore, FeedForward, GroupedExperts
 
 __all__ = ["fuse", "rms_norm", "save_sequence_shards", "swiglu", "vocab_parallel_cross_entropy"]
 
@@ -163,6 +163,11 @@ class _FusedFeedForward(FeedForward):
         return self.w2(swiglu(self.w1(x), self.w3(x)))
 
 
+class _FusedExperts(GroupedExperts):
+    def glu(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return swiglu(a, b)
+
+
 class _GQACore(AttentionCore):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
@@ -181,6 +186,8 @@ def fuse(chunk: nn.Module) -> nn.Module:
             module.__class__ = _FusedRMSNorm
         elif type(module) is FeedForward and module.w3 is not None:
             module.__class__ = _FusedFeedForward
+        elif type(module) is GroupedExperts and module.w3 is not None:
+            module.__class__ = _FusedExperts
         elif type(module) is Attention:
             module.__class__ = _GQAAttention
         elif type(module) is AttentionCore:

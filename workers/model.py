@@ -227,7 +227,9 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only transformer; tokens ``(b, s)`` → logits ``(b, s, vocab)`` (or hidden states on PP stages)."""
 
-    def __init__(self, spec: ModelSpec, seq_len: int) -> None:
+    def __init__(self, spec: ModelSpec, seq_len: int, layer_ids: range | None = None) -> None:
+        """``layer_ids``: the blocks to build, keyed by their index in the whole model (a pipeline stage's;
+        default all ``spec.layers``), so MoE layers fall where :func:`is_moe_layer` puts them."""
         super().__init__()
         self.spec = spec
         self.tok_embeddings: nn.Module | None = nn.Embedding(spec.vocab, spec.hidden)
@@ -235,7 +237,8 @@ class Transformer(nn.Module):
         self.pos_embeddings: nn.Module | None = (
             nn.Embedding(spec.max_seq_len, spec.hidden) if learned else None
         )
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, is_moe_layer(spec, i)) for i in range(spec.layers)})
+        ids = range(spec.layers) if layer_ids is None else layer_ids
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, is_moe_layer(spec, i)) for i in ids})
         self.norm: nn.Module | None = _norm(spec)
         self.output: nn.Module | None = nn.Linear(spec.hidden, spec.vocab, bias=False)
         if spec.tied_embeddings:

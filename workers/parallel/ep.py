@@ -101,16 +101,17 @@ def _expert_major(recv: list[list[int]], device: torch.device) -> torch.Tensor:
 class AllToAllExchange:
     """Token exchange of one MoE layer over the ep ``group`` of ``ep`` ranks.
 
-    ``balanced`` (the dry run's fake tensors have no values to count): every rank is assumed to send each
-    expert the same number of copies, so the counts received equal the counts sent and are not exchanged.
+    ``balanced`` (the dry run's fake tensors have no values to count): every rank is assumed to route as
+    this one does, so each source sends this ``rank``'s experts what this rank sends them, and the counts
+    are not exchanged.
     """
 
-    def __init__(self, group: Any, ep: int, *, balanced: bool = False) -> None:
-        self.group, self.ep, self.balanced = group, ep, balanced
+    def __init__(self, group: Any, ep: int, rank: int, *, balanced: bool = False) -> None:
+        self.group, self.ep, self.rank, self.balanced = group, ep, rank, balanced
 
     def _received_counts(self, send: list[list[int]], device: torch.device) -> list[list[int]]:
         if self.balanced:
-            return send
+            return [send[self.rank]] * self.ep
         sent = torch.tensor(send, dtype=torch.long, device=device)
         got = torch.empty_like(sent)
         dist.all_to_all_single(got, sent, group=self.group)
@@ -131,7 +132,8 @@ class AllToAllExchange:
 
 def apply_ep(chunk: nn.Module, ep_mesh: DeviceMesh, *, balanced: bool = False) -> None:
     """Keep this ep rank's slice of every MoE layer's experts in ``chunk`` and exchange tokens over
-    ``ep_mesh`` (1-D); a no-op for ``ep_mesh.size() == 1`` (all experts local)."""
+    ``ep_mesh`` (1-D); a no-op for ``ep_mesh.size() == 1`` (all experts local). ``balanced``: see
+    :class:`AllToAllExchange`."""
     ep = ep_mesh.size()
     if ep == 1:
         return
@@ -142,7 +144,7 @@ def apply_ep(chunk: nn.Module, ep_mesh: DeviceMesh, *, balanced: bool = False) -
         for name, p in list(experts.named_parameters(recurse=False)):
             local = p.detach()[rank * n_local : (rank + 1) * n_local].clone()
             setattr(experts, name, nn.Parameter(local, requires_grad=p.requires_grad))
-        moe.exchange = AllToAllExchange(group, ep, balanced=balanced)
+        moe.exchange = AllToAllExchange(group, ep, rank, balanced=balanced)
 
 
 def ignore_experts_in_ddp(chunk: nn.Module) -> None:
