@@ -14,6 +14,14 @@ two (4hf). Hardware FLOPs add recomputation: full recompute re-runs each recompu
 96·B·s·l·h²·(1 + s/6h + V/16lh); selective recompute re-runs only the attention core (4sh per token per
 layer; Korthikanti et al. 2022, §5); full recompute of ``recompute_layers`` of a stage's l/pp layers
 re-runs that fraction of the layers.
+
+Mixture of experts: an MoE layer counts the FLOPs a token actually runs — the router (2·h·E), its k routed
+experts and the shared experts (2·(3 or 2)·h·f_e each) — not the idle experts, so model FLOPs and MFU are
+active-parameter FLOPs (the convention of the DeepSeek-V3 and Megatron-LM MoE throughput reports:
+6·N_active·tokens plus attention). :func:`layer_linear_flops` is the mean over the model's dense and MoE
+layers, so per-layer compute time is the active layer's on average. Multi-head latent attention (DeepSeek-V2)
+counts its down/up projections (2 FLOPs per weight) and a core of 2·s·a·(qk + v): Q·Kᵀ over nope + rope dims,
+P·V over v dims.
 """
 
 from __future__ import annotations
@@ -34,15 +42,33 @@ __all__ = [
 ]
 
 
+def _mlp_flops(model: ModelSpec, width: int) -> float:
+    return 2.0 * (3 if model.activation == "swiglu" else 2) * model.hidden * width
+
+
 def layer_linear_flops(model: ModelSpec) -> float:
-    """Forward FLOPs per token of one layer's linear layers: 2h(h + 2gd) + 2h² + (6 or 4)·h·f."""
+    """Forward FLOPs per token of one layer's linear layers: 2h(h + 2gd) + 2h² + (6 or 4)·h·f; for an MoE
+    model the mean over its layers of the active ones (router + k routed + shared experts in MoE layers)."""
     h, f, kvd = model.hidden, model.ffn, model.n_kv_heads * model.head_dim
-    mlp_mats = 3 if model.activation == "swiglu" else 2
-    return 2.0 * h * (h + 2 * kvd) + 2.0 * h * h + 2.0 * mlp_mats * h * f
+    if model.is_mla:
+        latent_norms = (model.q_lora_rank or 0) + (model.kv_lora_rank or 0)
+        attn = 2.0 * (model.mla_params() - latent_norms * (2 if model.norm == "layernorm" else 1))
+    else:
+        attn = 2.0 * h * (h + 2 * kvd) + 2.0 * h * h
+    dense = attn + _mlp_flops(model, f)
+    if not model.is_moe:
+        return dense
+    moe = (attn + 2.0 * h * model.experts + model.experts_per_token * _mlp_flops(model, model.expert_ffn)
+           + model.shared_experts * _mlp_flops(model, model.shared_expert_ffn))
+    return ((model.layers - model.moe_layers) * dense + model.moe_layers * moe) / model.layers
 
 
 def attention_core_flops(model: ModelSpec, seq_len: int) -> float:
-    """Forward FLOPs per token of one layer's attention core, Q·Kᵀ and P·V over s keys: 4·s·h."""
+    """Forward FLOPs per token of one layer's attention core, Q·Kᵀ and P·V over s keys: 4·s·h
+    (MLA: 2·s·a·(qk_nope + qk_rope + v))."""
+    if model.is_mla:
+        qk = (model.qk_nope_head_dim or 0) + (model.qk_rope_head_dim or 0)
+        return 2.0 * seq_len * model.heads * (qk + (model.v_head_dim or 0))
     return 4.0 * seq_len * model.hidden
 
 

@@ -27,6 +27,20 @@ The last stage adds fp32 logits, 4·s·b·V/t bytes, and while the vocab-paralle
 fp32 copy the low-precision logits (2·s·b·V/t, none in fp32 training) are alive too; that moment and a
 fully recomputed layer's re-run (in backward, after the logits are freed) do not coexist, so the stage
 keeps the larger of the two — both found by the fake-tensor dry run (benchmarks/memory_fidelity.py).
+
+Mixture of experts (:mod:`autotune.costmodel.moe`): the routed experts' weights, gradients and optimizer states
+are sharded over ep·etp and ZeRO-sharded over the expert data-parallel group edp; everything else (attention,
+router, shared experts, dense layers) as above over tp and dp_shard. An MoE layer stores, per token entering it
+(s·b/cp, over tp with SP): the router's fp32 logits (4·E bytes), and for each of the k routed copies — times
+the busiest rank's imbalance, and etp times over when etp ranks share an expert — the permuted input of the
+expert (2h), its MLP activations (6·f_e/etp with SwiGLU, 4·f_e/etp with GELU, as a dense MLP of width f_e) and
+its permuted output kept for the probability-weighted combine (2h): Megatron-LM's token dispatcher
+(megatron/core/transformer/moe/token_dispatcher.py, core_v0.19.0) permutes tokens before and unpermutes them
+after the grouped GEMMs. Shared experts store a dense MLP's activations.
+Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, §2.1) stores the compressed latents — the query
+latent as its norm's input and output (2·2·q_lora), the key/value latent the same way (2·2·kv_lora) and the
+shared rotary key (2·rope) — on every tp rank (Megatron-LM's down projections are duplicated across tp), and
+per head Q and K of nope + rope dims, V and the output projection's input of v dims (2·a·(2·qk + 2·v)/t).
 """
 
 from __future__ import annotations
@@ -36,6 +50,13 @@ from typing import Any
 import numpy as np
 
 from autotune.costmodel.layout import Layout
+from autotune.costmodel.moe import (
+    expert_params_per_layer,
+    expert_shard,
+    expert_stage_params,
+    routed_copies_per_rank,
+    stage_layer_counts,
+)
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 
 __all__ = [
@@ -69,28 +90,58 @@ def model_state_bytes(psi: Any, zero: Any, n_shard: Any, training: TrainingSpec)
     return weights, grads, opt
 
 
+def _block_params(model: ModelSpec, tp: Any, moe: bool) -> Any:
+    """Parameters one rank holds of one block apart from routed experts: linear weights over tp, norms and the
+    router replicated (Megatron-LM's TopKRouter weight is not tensor-parallel)."""
+    norms = 2 * model.norm_params()
+    if not moe:
+        return (model.layer_params() - norms) / tp + norms
+    router = model.router_params()
+    rest = model.moe_layer_params() - model.experts * model.mlp_params(model.expert_ffn) - router - norms
+    return rest / tp + router + norms
+
+
 def stage_params(model: ModelSpec, tp: Any, pp: Any) -> tuple[Any, Any]:
-    """Parameters on one rank of the first and of the last pipeline stage.
+    """Parameters on one rank of the first and of the last pipeline stage, routed experts excepted
+    (:func:`autotune.costmodel.moe.expert_stage_params`; a dense model has none).
 
     Linear weights divide by tp, norms are replicated. The first stage holds the embedding (vocab-
     parallel, /tp); the last holds the final norm and the output layer; with tied embeddings and
     pp > 1 the last stage keeps its own copy of the embedding matrix (Megatron-LM does).
     """
-    norms = 2 * model.norm_params()
-    per_layer = (model.layer_params() - norms) / tp + norms
-    layers = model.layers / pp * per_layer
+    (dense_first, moe_first), (dense_last, moe_last) = stage_layer_counts(model, pp)
+    dense, moe = _block_params(model, tp, False), _block_params(model, tp, True)
+    layers_first = dense_first * dense + moe_first * moe
+    layers_last = dense_last * dense + moe_last * moe
     emb = model.embedding_params() / tp
     out = model.vocab * model.hidden / tp
     head = model.norm_params() + np.where(model.tied_embeddings & (pp > 1), out, 0.0)
     head = head + (0.0 if model.tied_embeddings else out)
     single = pp == 1
-    first = layers + emb + np.where(single, head, 0.0)
-    last = layers + head + np.where(single, emb, 0.0)
+    first = layers_first + emb + np.where(single, head, 0.0)
+    last = layers_last + head + np.where(single, emb, 0.0)
     return first, last
 
 
-def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layout) -> tuple[Any, Any]:
-    """(stored, checkpoint) bytes of one layer for one micro-batch on one rank.
+def _mlp_act(model: ModelSpec, width: Any) -> Any:
+    """Bytes per token an MLP of inner width ``width`` stores: SwiGLU 6·width, GELU 4·width."""
+    return (6 if model.activation == "swiglu" else 4) * width
+
+
+def _attention_act(model: ModelSpec, t: Any) -> Any:
+    """Bytes per token the attention projections store (input norm and core aside)."""
+    h = model.hidden
+    if model.is_mla:
+        rope, kvl, ql = model.qk_rope_head_dim or 0, model.kv_lora_rank or 0, model.q_lora_rank or 0
+        qk, v = (model.qk_nope_head_dim or 0) + rope, model.v_head_dim or 0
+        return 2 * model.heads * (2 * qk + 2 * v) / t + 2 * (2 * ql + 2 * kvl + rope)
+    kv_local = model.head_dim * np.maximum(model.n_kv_heads / t, 1.0)
+    return (2 * h + 2 * h) / t + 4 * kv_local
+
+
+def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layout,
+                               moe: bool = False) -> tuple[Any, Any]:
+    """(stored, checkpoint) bytes of one layer (``moe``: an MoE layer) for one micro-batch on one rank.
 
     ``stored`` is what a layer keeps for backward under L['recompute'] none (0) or selective (1);
     ``checkpoint`` is the layer input kept under full recompute.
@@ -99,9 +150,14 @@ def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layo
     t, sp = L["tp"], L["sequence_parallel"]
     s_loc = training.seq_len / L["cp"]
     tokens = s_loc * L["micro_batch"]
-    kv_local = model.head_dim * np.maximum(model.n_kv_heads / t, 1.0)
     mask = 1.0 if model.dropout else 0.0
-    sharded = (2 * h + 2 * h) / t + 4 * kv_local + (6 * f if model.activation == "swiglu" else 4 * f) / t
+    sharded = _attention_act(model, t) + _mlp_act(model, f) / t
+    if moe:
+        routed = routed_copies_per_rank(model, training, L) / tokens * (
+            4 * h + _mlp_act(model, model.expert_ffn) / L["etp"])
+        router = 4.0 * model.experts / np.where(sp > 0, t, 1)
+        sharded = _attention_act(model, t) + model.shared_experts * _mlp_act(model, model.shared_expert_ffn) / t
+        sharded = sharded + routed + router
     replicated = 4 * h + 2 * h + 2 * h + 2 * mask * h
     per_token = sharded + np.where(sp > 0, replicated / t, replicated)
     if training.flash_attention:
@@ -120,8 +176,19 @@ def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
     n_layers = model.layers / pp
     rec_layers = np.where(L["recompute_layers"] > 0, L["recompute_layers"], n_layers)
     full = L["recompute"] == 2
-    per_mb = np.where(full, rec_layers * checkpoint + (n_layers - rec_layers) * stored, n_layers * stored)
-    transient = np.where(full, stored, 0.0)
+    if model.is_moe:  # the stage's mean layer; a recomputed MoE layer is the largest transient
+        stored_moe = activation_bytes_per_layer(model, training, L, moe=True)[0]
+        (dense_first, moe_first), (dense_last, moe_last) = stage_layer_counts(model, pp)
+        mean_first = (dense_first * stored + moe_first * stored_moe) / n_layers
+        mean_last = (dense_last * stored + moe_last * stored_moe) / n_layers
+        largest_first = np.where(moe_first > 0, np.maximum(stored, stored_moe), stored)
+        largest_last = np.where(moe_last > 0, np.maximum(stored, stored_moe), stored)
+    else:
+        mean_first = mean_last = largest_first = largest_last = stored
+    per_mb = np.where(full, rec_layers * checkpoint + (n_layers - rec_layers) * mean_first, n_layers * mean_first)
+    per_mb_last = np.where(full, rec_layers * checkpoint + (n_layers - rec_layers) * mean_last, n_layers * mean_last)
+    transient = np.where(full, largest_first, 0.0)
+    transient_last = np.where(full, largest_last, 0.0)
     one_f_one_b = np.where(L["vpp"] > 1, pp * (1 + (pp - 1) / (pp * L["vpp"])), np.minimum(pp, m))
     in_flight = np.where((L["pp_schedule"] == 1) & (pp > 1), m, one_f_one_b)
     tokens = training.seq_len / L["cp"] * L["micro_batch"]
@@ -132,7 +199,7 @@ def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
     with_logits = np.maximum(transient, logits)
     first = in_flight * (per_mb + emb_mask) + np.where(pp == 1, with_logits, transient)
     last_in_flight = np.where((L["pp_schedule"] == 1) & (pp > 1), m, 1)
-    last = last_in_flight * per_mb + (last_in_flight - 1) * saved_logits + with_logits
+    last = last_in_flight * per_mb_last + (last_in_flight - 1) * saved_logits + np.maximum(transient_last, logits)
     return first, last
 
 
@@ -144,13 +211,20 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: 
     zero, shard = L["zero"], L["dp_shard"]
     w1, g1, o1 = model_state_bytes(first_p, zero, shard, training)
     w2, g2, o2 = model_state_bytes(last_p, zero, shard, training)
+    if model.is_moe:
+        ex_first, ex_last = expert_stage_params(model, L)
+        ew1, eg1, eo1 = model_state_bytes(ex_first, zero, expert_shard(L), training)
+        ew2, eg2, eo2 = model_state_bytes(ex_last, zero, expert_shard(L), training)
+        w1, g1, o1, w2, g2, o2 = w1 + ew1, g1 + eg1, o1 + eo1, w2 + ew2, g2 + eg2, o2 + eo2
     total_first = w1 + g1 + o1 + act_first
     total_last = w2 + g2 + o2 + act_last
     use_first = total_first >= total_last
     weights, grads, opt, acts = (np.where(use_first, a, b) for a, b in
                                  ((w1, w2), (g1, g2), (o1, o2), (act_first, act_last)))
-    norms = 2 * model.norm_params()
-    layer_local = (model.layer_params() - norms) / L["tp"] + norms
+    layer_local = _block_params(model, L["tp"], False)
+    if model.is_moe:
+        moe_local = _block_params(model, L["tp"], True) + expert_params_per_layer(model, L["ep"], L["etp"])
+        layer_local = np.maximum(layer_local, moe_local)
     w_bytes = 4.0 if training.precision == "fp32" else 2.0
     gather = np.where(zero >= 3, 2 * layer_local * w_bytes, 0.0)
     other = gpu.overhead_gib * GIB + gather

@@ -41,6 +41,7 @@ import numpy as np
 
 from autotune.costmodel.layout import Layout
 from autotune.costmodel.memory import GIB, model_state_bytes, stage_params
+from autotune.costmodel.moe import expert_shard, expert_stage_params
 from autotune.spec import ModelSpec, ReliabilitySpec, TrainingSpec
 
 __all__ = ["RELIABILITY_KEYS", "EXPECTED_KEYS", "checkpoint_bytes", "young_daly_interval_s", "daly_goodput",
@@ -60,11 +61,16 @@ def checkpoint_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tup
     """(bytes the busiest rank holds of a checkpoint, unique bytes of the whole checkpoint).
 
     Weights plus optimizer states of the larger pipeline stage's rank, sharded by ``tp``, ``pp`` and ZeRO
-    ``zero`` over ``dp_shard`` exactly as the memory model shards them; gradients are not saved.
+    ``zero`` over ``dp_shard`` (routed experts over ep·etp and their ZeRO group) exactly as the memory model
+    shards them; gradients are not saved.
     """
     first, last = stage_params(model, L["tp"], L["pp"])
+    ex_first, ex_last = expert_stage_params(model, L)
     w1, _, o1 = model_state_bytes(first, L["zero"], L["dp_shard"], training)
     w2, _, o2 = model_state_bytes(last, L["zero"], L["dp_shard"], training)
+    ew1, _, eo1 = model_state_bytes(ex_first, L["zero"], expert_shard(L), training)
+    ew2, _, eo2 = model_state_bytes(ex_last, L["zero"], expert_shard(L), training)
+    w1, o1, w2, o2 = w1 + ew1, o1 + eo1, w2 + ew2, o2 + eo2
     w, _, o = model_state_bytes(model.param_count(), 0, 1, training)
     return np.maximum(w1 + o1, w2 + o2), w + o
 

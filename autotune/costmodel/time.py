@@ -42,6 +42,7 @@ from autotune.costmodel.compute import activation_dtype_bytes, layer_forward_tim
 from autotune.costmodel.flops import iteration_flops, recomputed_fraction
 from autotune.costmodel.layout import Layout
 from autotune.costmodel.memory import model_state_bytes, stage_params
+from autotune.costmodel.moe import expert_shard, expert_stage_params
 from autotune.spec import GPUSpec, ModelSpec, TrainingSpec
 
 __all__ = ["TP_OVERLAP", "BUCKET_PARAMS", "BREAKDOWN", "dp_comm_exposed", "optimizer_time", "step_time"]
@@ -105,10 +106,14 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
 
 def optimizer_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, L: Layout) -> Any:
     """Memory-bound optimizer step, seconds: each rank updates Ψ/n parameters (n = dp_shard under
-    ZeRO ≥ 1), reading and writing the optimizer states (fp32 master + moments), reading the gradient
+    ZeRO ≥ 1; routed experts over their own ZeRO group, :func:`autotune.costmodel.moe.expert_shard`),
+    reading and writing the optimizer states (fp32 master + moments), reading the gradient
     and writing the working weights."""
     first, last = stage_params(model, L["tp"], L["pp"])
-    psi = np.maximum(first, last) / np.where(L["zero"] >= 1, L["dp_shard"], 1)
+    ex_first, ex_last = expert_stage_params(model, L)
+    sharded = L["zero"] >= 1
+    psi = np.maximum(first / np.where(sharded, L["dp_shard"], 1) + ex_first / np.where(sharded, expert_shard(L), 1),
+                     last / np.where(sharded, L["dp_shard"], 1) + ex_last / np.where(sharded, expert_shard(L), 1))
     w, g, o = model_state_bytes(1.0, 0, 1, training)
     return psi * (2.0 * o + g + w) / (gpu.hbm_gbps * 1e9)
 

@@ -115,7 +115,7 @@ def test_hf_qwen_and_neox() -> None:
 
 
 @pytest.mark.parametrize("cfg,match", [
-    ({"architectures": ["MixtralForCausalLM"], "num_local_experts": 8}, "MixtralForCausalLM is a mixture-of-experts"),
+    ({"architectures": ["JambaForCausalLM"], "num_experts": 16}, "unsupported architecture 'JambaForCausalLM'"),
     ({"architectures": ["T5ForConditionalGeneration"]}, "unsupported architecture 'T5ForConditionalGeneration'"),
     ({"architectures": ["LlamaForCausalLM"], "hidden_size": 64}, "config.json field 'num_hidden_layers' is missing"),
 ])
