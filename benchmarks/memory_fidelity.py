@@ -14,7 +14,14 @@ recompute under TP + pipelining the backward peak carries bf16 weight gradients 
 materialises before the hook adds them into the fp32 main gradients (Megatron's gradient-accumulation
 fusion writes them straight into the main gradient).
 
-Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--limit N] [--json out.json]``.
+MoE rows (``--moe``, :data:`MOE_GRID`): scaled-down mixture-of-experts models with their real expert counts
+and widths but 4 layers (Mixtral 8x7B, Qwen3-30B-A3B's 128 experts of 768, DeepSeek-V3's 256 routed + one
+shared expert of 2048 with its first layer dense; standard attention, the dry run has no MLA), over ep, edp,
+ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep-rank it simulates the analytic model's
+busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no tokens move and its experts see
+exactly k copies per token.
+
+Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--moe] [--limit N] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,28 @@ MODELS: dict[str, tuple[ModelSpec, TrainingSpec]] = {
     "gpt3-18.4b": (get_model("gpt3-18.4b").model_copy(update={"dropout": False}),
                    TrainingSpec(seq_len=2048, global_batch=256)),
 }
+_MIXTRAL = get_model("mixtral-8x7b")
+_MOE_TRAIN = TrainingSpec(seq_len=4096, global_batch=256)
+MODELS |= {
+    "mixtral-4l": (_MIXTRAL.model_copy(update={"name": "mixtral-4l", "layers": 4}), _MOE_TRAIN),
+    "qwen3moe-4l": (_MIXTRAL.model_copy(update={
+        "name": "qwen3moe-4l", "layers": 4, "hidden": 2048, "heads": 16, "kv_heads": 4, "ffn_hidden": 6144,
+        "vocab": 151936, "experts": 128, "experts_per_token": 8, "expert_ffn_hidden": 768}), _MOE_TRAIN),
+    "dsv3moe-4l": (_MIXTRAL.model_copy(update={
+        "name": "dsv3moe-4l", "layers": 4, "hidden": 7168, "heads": 56, "kv_heads": 8, "ffn_hidden": 18432,
+        "vocab": 129280, "experts": 256, "experts_per_token": 8, "expert_ffn_hidden": 2048, "shared_experts": 1,
+        "first_dense_layers": 1}), _MOE_TRAIN),
+}
+MOE_GRID: list[tuple[str, int, dict[str, Any]]] = [
+    ("mixtral-4l", 8, dict(zero=1)), ("mixtral-4l", 8, dict(ep=8, zero=1)), ("mixtral-4l", 8, dict(ep=2, zero=1)),
+    ("mixtral-4l", 8, dict(ep=4, zero=3)), ("mixtral-4l", 8, dict(ep=4, tp=2, zero=1, sequence_parallel=True)),
+    ("mixtral-4l", 16, dict(ep=8, pp=2, zero=1)),
+    ("qwen3moe-4l", 8, dict(ep=8, zero=1)), ("qwen3moe-4l", 16, dict(ep=16, zero=1)),
+    ("qwen3moe-4l", 8, dict(ep=4, tp=2, zero=1, sequence_parallel=True)), ("qwen3moe-4l", 16, dict(ep=8, pp=2)),
+    ("qwen3moe-4l", 8, dict(ep=8, zero=1, recompute="full")),
+    ("dsv3moe-4l", 64, dict(ep=64, zero=1)), ("dsv3moe-4l", 64, dict(ep=32, pp=2, zero=1)),
+    ("dsv3moe-4l", 16, dict(ep=16, zero=2)),
+]
 # (model, gpus, layout keywords); global_batch=16 rows keep the all-forwards GPipe cases short.
 GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("llama3-8b", 8, dict(zero=0)), ("llama3-8b", 8, dict(zero=1)), ("llama3-8b", 8, dict(zero=2)),
@@ -139,9 +168,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="Only the first N layouts.")
     ap.add_argument("--json", default=None, help="Also write the rows to this file.")
+    ap.add_argument("--moe", action="store_true", help="The mixture-of-experts grid instead of the dense one.")
     args = ap.parse_args()
     rows = []
-    for row in GRID[: args.limit]:
+    for row in (MOE_GRID if args.moe else GRID)[: args.limit]:
         rows.append(compare(*row))
         print(line(rows[-1]), flush=True)
     summary(rows)

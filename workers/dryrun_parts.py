@@ -16,8 +16,9 @@ its schedule runs forwards and backwards, Megatron-style mixed-precision state, 
   FSDP shard itself).
 * :class:`FlopCounter` sums torch's FLOP formulas over this rank's local ops.
 * MoE layers route with :class:`BalancedMoE` (fake tensors hold no scores to route by): every expert gets
-  the same share of the token copies, the balanced load the analytic model assumes; expert parallelism
-  (:func:`workers.parallel.ep.apply_ep`) keeps this rank's experts and exchanges tokens over the fake group,
+  the same share of this rank's token copies; expert parallelism (:func:`workers.parallel.ep.apply_ep`)
+  keeps this rank's experts and exchanges tokens over the fake group, this rank receiving the busiest
+  rank's load (:func:`autotune.costmodel.moe.imbalance` times its balanced share, the analytic allowance),
   FSDP shards the experts over edp, and ZeRO-1 splits the experts' optimizer states over edp (Megatron's
   distributed optimizer for expert parameters).
 """
@@ -40,6 +41,7 @@ from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from autotune.config import ParallelConfig
+from autotune.costmodel.moe import imbalance
 from autotune.spec import ModelSpec
 from workers.dryrun_kernels import fuse
 from workers.model import MoE, Transformer
@@ -122,7 +124,7 @@ def build_chunks(spec: ModelSpec, cfg: ParallelConfig, *, seq_len: int, precisio
             for m in chunk.modules():
                 if type(m) is MoE:
                     m.__class__ = BalancedMoE
-            apply_ep(chunk, expert_mesh["ep"], balanced=True)
+            apply_ep(chunk, expert_mesh["ep"], load=imbalance(spec))
         if cfg.tp > 1:
             _apply_tp(chunk, mesh["tp"], cfg.sequence_parallel)
         apply_recompute(chunk, cfg.recompute, cfg.recompute_layers)

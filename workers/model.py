@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,10 +111,48 @@ def is_moe_layer(spec: ModelSpec, i: int) -> bool:
     return spec.is_moe and i >= spec.first_dense_layers and (i - spec.first_dense_layers) % spec.moe_every == 0
 
 
+def _spans(counts: list[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` rows of each expert's contiguous slice."""
+    out, at = [], 0
+    for n in counts:
+        out.append((at, at + n))
+        at += n
+    return out
+
+
+class _GroupedMM(torch.autograd.Function):
+    """``x[rows of expert i] @ w[i]`` for every expert, as one grouped GEMM: one output tensor in forward and
+    one stacked weight gradient in backward (per-expert indexing of ``w`` would give every expert its own
+    full-size zero-filled gradient). Under autocast the GEMMs run in the autocast dtype."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.counts = counts
+        y = None
+        for i, (lo, hi) in enumerate(_spans(counts)):
+            part = torch.mm(x[lo:hi], w[i])
+            if y is None:
+                y = part.new_empty(x.shape[0], w.shape[-1])
+            y[lo:hi] = part
+        return y if y is not None else x.new_empty(0, w.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, w = ctx.saved_tensors
+        gx, gw = torch.empty_like(x), torch.zeros_like(w)
+        for i, (lo, hi) in enumerate(_spans(ctx.counts)):
+            g = grad[lo:hi]
+            gx[lo:hi] = torch.mm(g, w[i].to(g.dtype).t())
+            gw[i] = torch.mm(x[lo:hi].to(g.dtype).t(), g)
+        return gx, gw, None
+
+
 class GroupedExperts(nn.Module):
     """The routed experts' MLPs, weights stacked ``[experts, h, f]`` (w1, w3) and ``[experts, f, h]`` (w2), as
     Megatron-LM's ``GroupedMLP`` and torchtitan's ``GroupedExperts``. :meth:`forward` takes tokens sorted by
-    expert and each expert's count and runs one ``torch.mm`` per expert on its contiguous slice."""
+    expert and each expert's count and runs each projection as a grouped GEMM (:class:`_GroupedMM`: one
+    ``torch.mm`` per expert on its contiguous slice)."""
 
     def __init__(self, spec: ModelSpec, n_experts: int) -> None:
         super().__init__()
@@ -131,24 +170,21 @@ class GroupedExperts(nn.Module):
         """Experts held here (all of them, or this rank's share under expert parallelism)."""
         return self.w1.shape[0]
 
-    def _linear(self, x: torch.Tensor, name: str, i: int) -> torch.Tensor:
-        bias = getattr(self, f"{name}_bias")
-        y = torch.mm(x, getattr(self, name)[i])
-        return y if bias is None else y + bias[i]
-
     def glu(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """silu(a) · b (SwiGLU)."""
         return F.silu(a) * b
 
+    def _linear(self, x: torch.Tensor, name: str, counts: list[int]) -> torch.Tensor:
+        y = _GroupedMM.apply(x, getattr(self, name), counts)
+        bias = getattr(self, f"{name}_bias")
+        if bias is None:
+            return y
+        return y + bias.repeat_interleave(torch.tensor(counts, device=bias.device), dim=0, output_size=x.shape[0])
+
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        outs, start = [], 0
-        for i, n in enumerate(counts):
-            xi = x[start : start + n]
-            a = self._linear(xi, "w1", i)
-            hidden = F.gelu(a) if self.w3 is None else self.glu(a, self._linear(xi, "w3", i))
-            outs.append(self._linear(hidden, "w2", i))
-            start += n
-        return torch.cat(outs) if outs else x[:0]
+        a = self._linear(x, "w1", counts)
+        hidden = F.gelu(a) if self.w3 is None else self.glu(a, self._linear(x, "w3", counts))
+        return self._linear(hidden, "w2", counts)
 
 
 class LocalExchange:

@@ -20,6 +20,7 @@ torchtitan's ``apply_fsdp`` for MoE blocks, which sets the same divisor as FSDP'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,17 +102,17 @@ def _expert_major(recv: list[list[int]], device: torch.device) -> torch.Tensor:
 class AllToAllExchange:
     """Token exchange of one MoE layer over the ep ``group`` of ``ep`` ranks.
 
-    ``balanced`` (the dry run's fake tensors have no values to count): every rank is assumed to route as
-    this one does, so each source sends this ``rank``'s experts what this rank sends them, and the counts
-    are not exchanged.
+    ``load`` (the dry run's fake tensors have no values to count): the counts are not exchanged; every source
+    is assumed to send this ``rank``'s experts ``load`` times what this rank sends them (1: balanced routing;
+    the analytic model's busiest-rank allowance :func:`autotune.costmodel.moe.imbalance` for the worst rank).
     """
 
-    def __init__(self, group: Any, ep: int, rank: int, *, balanced: bool = False) -> None:
-        self.group, self.ep, self.rank, self.balanced = group, ep, rank, balanced
+    def __init__(self, group: Any, ep: int, rank: int, *, load: float | None = None) -> None:
+        self.group, self.ep, self.rank, self.load = group, ep, rank, load
 
     def _received_counts(self, send: list[list[int]], device: torch.device) -> list[list[int]]:
-        if self.balanced:
-            return [send[self.rank]] * self.ep
+        if self.load is not None:
+            return [[math.ceil(n * self.load) for n in send[self.rank]]] * self.ep
         sent = torch.tensor(send, dtype=torch.long, device=device)
         got = torch.empty_like(sent)
         dist.all_to_all_single(got, sent, group=self.group)
@@ -130,9 +131,9 @@ class AllToAllExchange:
         return _AllToAll.apply(out.index_select(0, back), in_splits, out_splits, self.group)
 
 
-def apply_ep(chunk: nn.Module, ep_mesh: DeviceMesh, *, balanced: bool = False) -> None:
+def apply_ep(chunk: nn.Module, ep_mesh: DeviceMesh, *, load: float | None = None) -> None:
     """Keep this ep rank's slice of every MoE layer's experts in ``chunk`` and exchange tokens over
-    ``ep_mesh`` (1-D); a no-op for ``ep_mesh.size() == 1`` (all experts local). ``balanced``: see
+    ``ep_mesh`` (1-D); a no-op for ``ep_mesh.size() == 1`` (all experts local). ``load``: see
     :class:`AllToAllExchange`."""
     ep = ep_mesh.size()
     if ep == 1:
@@ -144,7 +145,7 @@ def apply_ep(chunk: nn.Module, ep_mesh: DeviceMesh, *, balanced: bool = False) -
         for name, p in list(experts.named_parameters(recurse=False)):
             local = p.detach()[rank * n_local : (rank + 1) * n_local].clone()
             setattr(experts, name, nn.Parameter(local, requires_grad=p.requires_grad))
-        moe.exchange = AllToAllExchange(group, ep, rank, balanced=balanced)
+        moe.exchange = AllToAllExchange(group, ep, rank, load=load)
 
 
 def ignore_experts_in_ddp(chunk: nn.Module) -> None:
