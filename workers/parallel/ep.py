@@ -38,7 +38,7 @@ from workers.parallel.errors import UnsupportedLayout
 from workers.parallel.zero import PRECISION_DTYPES
 
 __all__ = [
-    "AllToAllExchange", "apply_ep", "check_ep", "expert_mesh", "expert_params", "ignore_experts_in_ddp",
+    "AllToAllExchange", "apply_ep", "check_ep", "check_zero1", "expert_mesh", "expert_params", "ignore_experts_in_ddp",
     "shard_experts", "sync_expert_grads", "grad_divisor",
 ]
 
@@ -48,6 +48,16 @@ def check_ep(cfg: ParallelConfig) -> None:
     if cfg.etp > 1:
         raise UnsupportedLayout(f"expert tensor parallelism (etp={cfg.etp}) is not implemented in the native-torch "
                                 "data plane (etp=1 runs every ep layout)")
+
+
+def check_zero1(cfg: ParallelConfig) -> None:
+    """Raise :class:`UnsupportedLayout` for ZeRO-1 with ep > 1 over several data-parallel ranks: torch's
+    ``ZeroRedundancyOptimizer`` broadcasts each parameter from the rank that owns its state to the whole
+    data-parallel group, whose ranks hold different experts (the dry run shards expert states over edp)."""
+    if cfg.zero == 1 and cfg.ep > 1 and cfg.dp * cfg.cp > 1:
+        raise UnsupportedLayout(f"ZeRO-1 with ep={cfg.ep} over dp*cp={cfg.dp * cfg.cp} ranks: torch's "
+                                "ZeroRedundancyOptimizer would broadcast one rank's experts to ranks holding others "
+                                "(zero=0, 2 or 3 run with ep)")
 
 
 def expert_mesh(mesh: DeviceMesh, cfg: ParallelConfig) -> DeviceMesh:
