@@ -34,6 +34,7 @@ def test_ep2_over_4_ranks_measures_and_holds_half_the_experts(ray_local) -> None
     assert res.metrics["memory_gib"]["weights"] * 2**30 == pytest.approx(4_129_280 + 8_192)
 
 
-def test_zero1_with_ep_over_data_parallel_ranks_is_unsupported(ray_local) -> None:
+def test_zero1_with_ep_measures(ray_local) -> None:
+    # ZeRO-1 shards the dense states over the 2 data-parallel ranks and the experts' over edp (1 here).
     res = measure_trial(_task(2, ep=2, zero=1))
-    assert res.status == "unsupported" and "ZeroRedundancyOptimizer" in res.reason
+    assert res.status == "ok", res.reason

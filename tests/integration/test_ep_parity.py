@@ -35,13 +35,14 @@ def _cfg(world: int, **kw: object) -> ParallelConfig:
     return derive(MOE, TRAIN, world, **kw)
 
 
-#: name -> layout. ep 2 on 2 ranks (edp 1); ep 2 x edp 2 on 4 data-parallel ranks, also with ZeRO-3, with a
+#: name -> layout. ep 2 on 2 ranks (edp 1); ep 2 x edp 2 on 4 data-parallel ranks, also with ZeRO-1/3, with a
 #: 2-stage pipeline (ep 2 within each stage) and with tp 2 x dp 2 attention (experts fold over the tp ranks too:
 #: ep 2 x edp 2 and ep 4, with sequence parallelism; ep 2 without it, the tp ranks routing the same tokens).
-WORLD2 = {"ep2": _cfg(2, ep=2), "ep2_zero2": _cfg(2, ep=2, zero=2)}
+WORLD2 = {"ep2": _cfg(2, ep=2), "ep2_zero2": _cfg(2, ep=2, zero=2), "ep2_zero1": _cfg(2, ep=2, zero=1)}
 WORLD4 = {
     "ep2_dp4": _cfg(4, ep=2),
     "ep2_dp4_zero3": _cfg(4, ep=2, zero=3),
+    "ep2_dp4_zero1": _cfg(4, ep=2, zero=1),
     "ep2_pp2": _cfg(4, ep=2, pp=2),
     "ep2_tp2_sp": _cfg(4, ep=2, tp=2, sequence_parallel=True),
     "ep4_tp2_sp": _cfg(4, ep=4, tp=2, sequence_parallel=True),

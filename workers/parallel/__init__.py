@@ -22,7 +22,7 @@ from autotune.spec import ModelSpec
 from workers.model import build_model
 from workers.parallel.cp import check_cp
 from workers.parallel.dp import apply_ddp
-from workers.parallel.ep import apply_ep, check_ep, check_zero1, expert_mesh, ignore_experts_in_ddp, shard_experts
+from workers.parallel.ep import apply_ep, check_ep, expert_mesh, ignore_experts_in_ddp, shard_experts
 from workers.parallel.errors import UnsupportedLayout
 from workers.parallel.mesh import build_mesh, device, grad_mesh
 from workers.parallel.pp import build_schedule, split_model, stage_ids
@@ -107,7 +107,6 @@ def parallelize(
     emesh = None
     if spec.is_moe:
         check_ep(cfg)
-        check_zero1(cfg)
         emesh = expert_mesh(mesh, cfg)
     model = build_model(spec, seq_len=seq_len, seed=seed)
     n_stages = cfg.pp * cfg.vpp

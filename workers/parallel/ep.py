@@ -15,7 +15,9 @@ replicated over ``edp`` only, so DDP leaves them out (:func:`ignore_experts_in_d
 some replica of an expert, and the loss is a mean over the ``dp · cp`` token shards; with tensor
 parallelism but no sequence parallelism the ``tp`` ranks route the same tokens, so it divides by ``tp``
 too. Under FSDP (ZeRO-2/3) the experts get their own ``fully_shard`` over the edp mesh (:func:`shard_experts`,
-torchtitan's ``apply_fsdp`` for MoE blocks, which sets the same divisor as FSDP's divide factor).
+torchtitan's ``apply_fsdp`` for MoE blocks, which sets the same divisor as FSDP's divide factor). ZeRO-1
+shards the dense optimizer states over the data-parallel group and the experts' over edp
+(:func:`expert_zero1_optimizer`, as Megatron-LM's distributed optimizer does for expert parameters).
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ from torch.nn.parallel import DistributedDataParallel
 from autotune.config import ParallelConfig
 from workers.model import GroupedExperts, MoE
 from workers.parallel.errors import UnsupportedLayout
-from workers.parallel.zero import PRECISION_DTYPES
+from workers.parallel.zero import PRECISION_DTYPES, zero1_optimizer
 
 __all__ = [
-    "AllToAllExchange", "apply_ep", "check_ep", "check_zero1", "expert_mesh", "expert_params", "ignore_experts_in_ddp",
-    "shard_experts", "sync_expert_grads", "grad_divisor",
+    "AllToAllExchange", "ChainedOptimizer", "apply_ep", "check_ep", "expert_mesh", "expert_zero1_optimizer",
+    "expert_params", "grad_divisor", "ignore_experts_in_ddp", "moe_blocks", "shard_experts", "sync_expert_grads",
 ]
 
 
@@ -48,16 +50,6 @@ def check_ep(cfg: ParallelConfig) -> None:
     if cfg.etp > 1:
         raise UnsupportedLayout(f"expert tensor parallelism (etp={cfg.etp}) is not implemented in the native-torch "
                                 "data plane (etp=1 runs every ep layout)")
-
-
-def check_zero1(cfg: ParallelConfig) -> None:
-    """Raise :class:`UnsupportedLayout` for ZeRO-1 with ep > 1 over several data-parallel ranks: torch's
-    ``ZeroRedundancyOptimizer`` broadcasts each parameter from the rank that owns its state to the whole
-    data-parallel group, whose ranks hold different experts (the dry run shards expert states over edp)."""
-    if cfg.zero == 1 and cfg.ep > 1 and cfg.dp * cfg.cp > 1:
-        raise UnsupportedLayout(f"ZeRO-1 with ep={cfg.ep} over dp*cp={cfg.dp * cfg.cp} ranks: torch's "
-                                "ZeroRedundancyOptimizer would broadcast one rank's experts to ranks holding others "
-                                "(zero=0, 2 or 3 run with ep)")
 
 
 def expert_mesh(mesh: DeviceMesh, cfg: ParallelConfig) -> DeviceMesh:
@@ -205,3 +197,35 @@ def sync_expert_grads(parts: list[nn.Module], edp_mesh: DeviceMesh, cfg: Paralle
     for g in grads:
         g.copy_(flat[at : at + g.numel()].view_as(g))
         at += g.numel()
+
+
+class ChainedOptimizer(torch.optim.Optimizer):
+    """Optimizers over disjoint parameter sets stepped as one (their states stay in the inner optimizers)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+        super().__init__([p for o in optimizers for g in o.param_groups for p in g["params"]], {})
+
+    def step(self, closure: Any = None) -> None:
+        """Step every inner optimizer."""
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every inner optimizer's gradients."""
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+
+def expert_zero1_optimizer(parts: list[nn.Module], params: list[nn.Parameter], shard_mesh: DeviceMesh,
+                           edp_mesh: DeviceMesh, optimizer_class: type[torch.optim.Optimizer],
+                           **kw: Any) -> ChainedOptimizer:
+    """ZeRO-1 with ep > 1: torch's ``ZeroRedundancyOptimizer`` broadcasts each parameter from the rank owning
+    its state to its whole group, so the dense parameters shard over ``shard_mesh`` and the experts (which
+    differ across the ep ranks of that group) over ``edp_mesh``, or keep whole states when edp is 1."""
+    experts = {id(p) for part in parts for p in expert_params(part)}
+    dense = [p for p in params if id(p) not in experts]
+    routed = [p for p in params if id(p) in experts]
+    expert_opt = (zero1_optimizer(routed, edp_mesh, optimizer_class, **kw) if edp_mesh.size() > 1
+                  else optimizer_class(routed, **kw))
+    return ChainedOptimizer([zero1_optimizer(dense, shard_mesh, optimizer_class, **kw), expert_opt])
