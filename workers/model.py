@@ -7,7 +7,8 @@ name: ``tok_embeddings`` (+ ``pos_embeddings`` for a learned position table), ``
 middle stage maps hidden states to hidden states.
 
 A mixture-of-experts spec puts an :class:`MoE` block in place of the MLP of its MoE layers
-(:func:`is_moe_layer`); expert parallelism (:mod:`workers.parallel.ep`) swaps its token exchange.
+(:func:`is_moe_layer`); expert parallelism (:mod:`workers.parallel.ep`) swaps its token exchange. A spec
+with ``kv_lora_rank`` attends with :class:`LatentAttention` (MLA).
 
 Initialisation is per parameter from a generator seeded by (seed, parameter name), so a pipeline
 stage holding any subset of the layers gets exactly the weights of the full model.
@@ -27,14 +28,18 @@ from autotune.spec import ModelSpec
 
 __all__ = [
     "Transformer", "build_model", "init_weights", "synthetic_batch", "rope_frequencies", "MoE", "GroupedExperts",
-    "LocalExchange", "is_moe_layer",
+    "LocalExchange", "is_moe_layer", "LatentAttention",
 ]
 
 
 def _norm(spec: ModelSpec) -> nn.Module:
+    return _norm_of(spec, spec.hidden)
+
+
+def _norm_of(spec: ModelSpec, width: int) -> nn.Module:
     if spec.norm == "rmsnorm":
-        return nn.RMSNorm(spec.hidden, eps=1e-5)
-    return nn.LayerNorm(spec.hidden, eps=1e-5)
+        return nn.RMSNorm(width, eps=1e-5)
+    return nn.LayerNorm(width, eps=1e-5)
 
 
 def rope_frequencies(head_dim: int, seq_len: int, theta: float = 10000.0) -> torch.Tensor:
@@ -87,6 +92,54 @@ class Attention(nn.Module):
     def expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Repeat each key/value head for the query heads that share it (GQA)."""
         return k.repeat_interleave(self.n_rep, dim=2), v.repeat_interleave(self.n_rep, dim=2)
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, §2.1; DeepSeek-V3's ``MLA``).
+
+    Queries go through a low-rank down-projection ``wq_a`` (h → q_lora_rank), a norm and ``wq_b`` (→ heads ·
+    (nope + rope)), or one ``wq`` without a q rank; keys and values through ``wkv_a`` (h → kv_lora_rank + rope:
+    the compressed latent and one rotary key shared by all heads), a norm and ``wkv_b`` (latent → heads ·
+    (nope + v)). Each head's key is its non-rotary part and the shared rotary key; RoPE turns the rotary
+    parts only. Shapes and names as transformers' ``DeepseekV3Attention`` (q_a_proj, q_b_proj,
+    kv_a_proj_with_mqa, kv_b_proj, o_proj). Head counts are inferred from the (possibly tensor-parallel)
+    shapes; the ``1/sqrt(nope + rope)`` scale is SDPA's default for that query width.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        h, a = spec.hidden, spec.heads
+        self.nope, self.rope, self.v_dim = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+        self.kv_rank, qk = spec.kv_lora_rank, spec.qk_nope_head_dim + spec.qk_rope_head_dim
+        rank = spec.q_lora_rank
+        self.wq = nn.Linear(h, a * qk, bias=False) if rank is None else None
+        self.wq_a = nn.Linear(h, rank, bias=False) if rank is not None else None
+        self.q_norm = _norm_of(spec, rank) if rank is not None else None
+        self.wq_b = nn.Linear(rank, a * qk, bias=False) if rank is not None else None
+        self.wkv_a = nn.Linear(h, self.kv_rank + self.rope, bias=False)
+        self.kv_norm = _norm_of(spec, self.kv_rank)
+        self.wkv_b = nn.Linear(self.kv_rank, a * (self.nope + self.v_dim), bias=False)
+        self.wo = nn.Linear(a * self.v_dim, h, bias=False)
+        self.core = AttentionCore()
+        self.rope_key: nn.Module = nn.Identity()
+        """The shared rotary key passes through it (tensor parallelism sums its gradient over the ranks that
+        each use it for their own heads)."""
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor | None) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.wq(x) if self.wq is not None else self.wq_b(self.q_norm(self.wq_a(x)))
+        q = q.view(b, s, -1, self.nope + self.rope)
+        q_nope, q_rope = q.split((self.nope, self.rope), dim=-1)
+        latent, k_rope = self.wkv_a(x).split((self.kv_rank, self.rope), dim=-1)
+        kv = self.wkv_b(self.kv_norm(latent)).view(b, s, -1, self.nope + self.v_dim)
+        k_nope, v = kv.split((self.nope, self.v_dim), dim=-1)
+        k_rope = self.rope_key(k_rope).unsqueeze(2)
+        if freqs is not None:
+            q_rope, k_rope = _apply_rope(q_rope, freqs), _apply_rope(k_rope, freqs)
+        q = torch.cat((q_nope, q_rope), dim=-1)
+        k = torch.cat((k_nope, k_rope.expand(-1, -1, k_nope.shape[2], -1)), dim=-1)
+        out = self.core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 
 
 class FeedForward(nn.Module):
@@ -251,7 +304,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, spec: ModelSpec, moe: bool = False) -> None:
         super().__init__()
-        self.attention_norm, self.attention = _norm(spec), Attention(spec)
+        self.attention_norm = _norm(spec)
+        self.attention: nn.Module = LatentAttention(spec) if spec.is_mla else Attention(spec)
         self.ffn_norm = _norm(spec)
         self.feed_forward: nn.Module = MoE(spec) if moe else FeedForward(spec)
 
@@ -279,7 +333,8 @@ class Transformer(nn.Module):
         self.output: nn.Module | None = nn.Linear(spec.hidden, spec.vocab, bias=False)
         if spec.tied_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        freqs = None if learned else rope_frequencies(spec.head_dim, seq_len)
+        rotary = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
+        freqs = None if learned else rope_frequencies(rotary, seq_len)
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,25 +28,30 @@ pytestmark = pytest.mark.slow
 SEQ, BATCH, STEPS, SEED, LR = 16, 4, 2, 3, 0.5
 LOSS_RTOL, PARAM_ATOL = 1e-6, 1e-6
 MOE = get_model("tiny-moe")
+#: tiny-moe with multi-head latent attention (DeepSeek-V2's shapes, scaled down).
+MLA = ModelSpec(**MOE.model_dump() | dict(name="tiny-moe-mla", q_lora_rank=48, kv_lora_rank=32, qk_rope_head_dim=16,
+                                          qk_nope_head_dim=32, v_head_dim=32))
 TRAIN = TrainingSpec(seq_len=SEQ, global_batch=BATCH)
 
 
-def _cfg(world: int, **kw: object) -> ParallelConfig:
-    return derive(MOE, TRAIN, world, **kw)
+def _case(world: int, spec: ModelSpec = MOE, **kw: object) -> tuple[ModelSpec, ParallelConfig]:
+    return spec, derive(spec, TRAIN, world, **kw)
 
 
-#: name -> layout. ep 2 on 2 ranks (edp 1); ep 2 x edp 2 on 4 data-parallel ranks, also with ZeRO-1/3, with a
-#: 2-stage pipeline (ep 2 within each stage) and with tp 2 x dp 2 attention (experts fold over the tp ranks too:
-#: ep 2 x edp 2 and ep 4, with sequence parallelism; ep 2 without it, the tp ranks routing the same tokens).
-WORLD2 = {"ep2": _cfg(2, ep=2), "ep2_zero2": _cfg(2, ep=2, zero=2), "ep2_zero1": _cfg(2, ep=2, zero=1)}
+#: name -> (model, layout). ep 2 on 2 ranks (edp 1); ep 2 x edp 2 on 4 data-parallel ranks, also with ZeRO-1
+#: (dense states over dp, expert states over edp) and ZeRO-3, with a 2-stage pipeline (ep 2 within each stage)
+#: and with tp 2 x dp 2 attention (experts fold over the tp ranks too: ep 2 x edp 2 and ep 4 with sequence
+#: parallelism; ep 2 without it, the tp ranks routing the same tokens); latent attention with ep and tp.
+WORLD2 = {"ep2": _case(2, ep=2), "mla_ep2": _case(2, MLA, ep=2)}
 WORLD4 = {
-    "ep2_dp4": _cfg(4, ep=2),
-    "ep2_dp4_zero3": _cfg(4, ep=2, zero=3),
-    "ep2_dp4_zero1": _cfg(4, ep=2, zero=1),
-    "ep2_pp2": _cfg(4, ep=2, pp=2),
-    "ep2_tp2_sp": _cfg(4, ep=2, tp=2, sequence_parallel=True),
-    "ep4_tp2_sp": _cfg(4, ep=4, tp=2, sequence_parallel=True),
-    "ep2_tp2": _cfg(4, ep=2, tp=2),
+    "ep2_dp4": _case(4, ep=2),
+    "ep2_dp4_zero1": _case(4, ep=2, zero=1),
+    "ep2_dp4_zero3": _case(4, ep=2, zero=3),
+    "ep2_pp2": _case(4, ep=2, pp=2),
+    "ep2_tp2_sp": _case(4, ep=2, tp=2, sequence_parallel=True),
+    "ep4_tp2_sp": _case(4, ep=4, tp=2, sequence_parallel=True),
+    "ep2_tp2": _case(4, ep=2, tp=2),
+    "mla_ep2_tp2_sp": _case(4, MLA, ep=2, tp=2, sequence_parallel=True),
 }
 
 
@@ -69,13 +74,13 @@ def _params(par: object) -> dict[str, tuple[int, torch.Tensor]]:
     return out
 
 
-def _run_layouts(rank: int, cases: dict[str, ParallelConfig]) -> dict[str, dict]:
+def _run_layouts(rank: int, cases: dict[str, tuple[ModelSpec, ParallelConfig]]) -> dict[str, dict]:
     """Rank body: train every layout for STEPS steps; losses and local parameters."""
     import torch.distributed as dist
 
     out: dict[str, dict] = {}
-    for name, cfg in cases.items():
-        par = parallelize(MOE, cfg, seq_len=SEQ, seed=SEED)
+    for name, (spec, cfg) in cases.items():
+        par = parallelize(spec, cfg, seq_len=SEQ, seed=SEED)
         opt = build_optimizer(par, "sgd", lr=LR, momentum=0.9)
         losses = [train_step(par, opt, step, seed=SEED) for step in range(STEPS)]
         out[name] = {"losses": losses, "params": _params(par)}
@@ -117,13 +122,13 @@ def _reference(spec: ModelSpec) -> tuple[list[float], dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def reference() -> tuple[list[float], dict[str, torch.Tensor]]:
-    return _reference(MOE)
+def references() -> dict[str, tuple[list[float], dict[str, torch.Tensor]]]:
+    return {spec.name: _reference(spec) for spec in (MOE, MLA)}
 
 
 @pytest.mark.parametrize("name", list(WORLD2 | WORLD4))
-def test_ep_layout_matches_single_process(name: str, results: dict, reference: tuple) -> None:
-    ref_losses, ref_params = reference
+def test_ep_layout_matches_single_process(name: str, results: dict, references: dict) -> None:
+    ref_losses, ref_params = references[(WORLD2 | WORLD4)[name][0].name]
     got = results[name]
     assert got["losses"] == pytest.approx(ref_losses, rel=LOSS_RTOL)
     assert all(math.isfinite(x) for x in got["losses"])
@@ -132,10 +137,10 @@ def test_ep_layout_matches_single_process(name: str, results: dict, reference: t
         torch.testing.assert_close(got["params"][pname], ref, atol=PARAM_ATOL, rtol=0, msg=f"{name}: {pname}")
 
 
-def test_reference_trains_every_expert(reference: tuple) -> None:
+def test_reference_trains_every_expert(references: dict) -> None:
     # The parity above is only meaningful if the experts were updated: every routed expert's weights
     # moved from their seeded start (each of the 8 experts gets some of the 2 * 64 token copies).
-    _, params = reference
+    _, params = references[MOE.name]
     start = dict(build_model(MOE, seq_len=SEQ, seed=SEED).named_parameters())
     for name in (n for n in params if ".experts." in n):
         moved = (params[name] - start[name].detach()).flatten(1).abs().amax(1)

@@ -9,10 +9,17 @@ An MoE block's router is replicated over tp (:class:`ReplicatedParallel`) and it
 left whole (expert parallelism splits them, :mod:`workers.parallel.ep`); its shared experts are sharded
 like a dense MLP (Megatron-LM's ``SharedExpertMLP``). With sequence parallelism the MoE block routes the
 rank's own sequence shard, as Megatron-LM's MoE layer does (it requires sequence parallelism with tp).
+Latent attention (MLA) shards its heads: the up-projections ``wq``/``wq_b`` and ``wkv_b`` column-wise,
+``wo`` row-wise; the down-projections and their norms are replicated (Megatron-LM's ``MLASelfAttention``),
+and the rotary key all heads share sums its gradient over tp (:class:`SumGradOverTP`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard, distribute_module
@@ -26,10 +33,10 @@ from torch.distributed.tensor.parallel import (
 )
 
 from autotune.spec import ModelSpec
-from workers.model import MoE
+from workers.model import LatentAttention, MoE
 from workers.parallel.errors import UnsupportedLayout
 
-__all__ = ["check_tp", "apply_tp", "ReplicatedParallel"]
+__all__ = ["check_tp", "apply_tp", "ReplicatedParallel", "SumGradOverTP"]
 
 
 def check_tp(spec: ModelSpec, tp: int) -> None:
@@ -84,6 +91,33 @@ class ReplicatedParallel(ParallelStyle):
         )
 
 
+class _SumGrad(torch.autograd.Function):
+    """Identity forward; backward all-reduces the gradient over the tp group (Megatron-LM's
+    ``copy_to_tensor_model_parallel_region``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class SumGradOverTP(nn.Module):
+    """A replicated activation each tp rank uses for its own heads: its gradient is summed over ``tp_mesh``."""
+
+    def __init__(self, tp_mesh: DeviceMesh) -> None:
+        super().__init__()
+        self.group = tp_mesh.get_group()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SumGrad.apply(x, self.group)
+
+
 def _moe_plan(moe: MoE, sp: bool) -> dict[str, object]:
     """Plan of an MoE block's MLP: replicated router, whole routed experts, tensor-parallel shared experts; the
     block's flattened tokens ``(b·s, h)`` are sequence shards with ``sp`` (``Shard(0)``), else replicated."""
@@ -119,6 +153,14 @@ def apply_tp(chunk: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool) 
     parallelize_module(chunk, tp_mesh, top)
     for block in chunk.layers.values():
         plan = _block_plan(sequence_parallel)
+        if isinstance(block.attention, LatentAttention):
+            plan = {k: v for k, v in plan.items() if k not in ("attention.wq", "attention.wk", "attention.wv")}
+            plan |= {"attention.wq" if block.attention.wq is not None else "attention.wq_b": ColwiseParallel(),
+                     "attention.wkv_b": ColwiseParallel()}
+            block.attention.rope_key = SumGradOverTP(tp_mesh)
+            if sequence_parallel:  # the replicated down-projections take the gathered input as a local tensor
+                plan["attention"] = PrepareModuleInput(input_layouts=(Shard(1), None),
+                                                       desired_input_layouts=(Replicate(), None), use_local_output=True)
         if isinstance(block.feed_forward, MoE):
             plan = {k: v for k, v in plan.items() if not k.startswith("feed_forward")}
             plan |= _moe_plan(block.feed_forward, sequence_parallel)
