@@ -5,8 +5,7 @@ parallelism over 8 nodes, ZeRO-1 data parallelism, no tensor parallelism. The ``
 layers, which 16 stages cannot split evenly without uneven first/last stages, so this runs it with
 ``--layers`` (64 by default: 4 per stage, the first stage holding the 3 dense layers). The dry run builds
 the first and the last pipeline rank's stages at their real size under fake tensors and a fake process
-group of 2,048 ranks, each with 256/64 = 4 routed experts per MoE layer; its attention is the reference
-model's (the dry run does not build multi-head latent attention).
+group of 2,048 ranks, each with 256/64 = 4 routed experts per MoE layer and multi-head latent attention.
 
 Run: ``.venv/bin/python benchmarks/dryrun_moe_scale.py [--layers 64] [--seq-len 4096] [--global-batch 15360]``.
 """
@@ -29,9 +28,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--global-batch", type=int, default=15360, help="Sequences per step (DeepSeek-V3: 15360).")
     args = ap.parse_args()
-    model = get_model("deepseek-v3").model_copy(update={"layers": args.layers, "q_lora_rank": None,
-                                                        "kv_lora_rank": None, "qk_rope_head_dim": None,
-                                                        "qk_nope_head_dim": None, "v_head_dim": None})
+    model = get_model("deepseek-v3").model_copy(update={"layers": args.layers})
     training = TrainingSpec(seq_len=args.seq_len, global_batch=args.global_batch)
     cfg = derive(model, training, 2048, pp=16, ep=64, zero=1)
     start = time.perf_counter()

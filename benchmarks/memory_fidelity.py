@@ -16,10 +16,10 @@ fusion writes them straight into the main gradient).
 
 MoE rows (``--moe``, :data:`MOE_GRID`): scaled-down mixture-of-experts models with their real expert counts
 and widths but 4 layers (Mixtral 8x7B, Qwen3-30B-A3B's 128 experts of 768, DeepSeek-V3's 256 routed + one
-shared expert of 2048 with its first layer dense; standard attention, the dry run has no MLA), over ep, edp,
-ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep-rank it simulates the analytic model's
-busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no tokens move and its experts see
-exactly k copies per token.
+shared expert of 2048 with its first layer dense, with standard attention and with DeepSeek-V3's multi-head
+latent attention), over ep, edp, ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep rank it
+simulates the analytic model's busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no
+tokens move and its experts see exactly k copies per token.
 
 Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--moe] [--limit N] [--json out.json]``.
 """
@@ -58,6 +58,8 @@ MODELS |= {
         "name": "dsv3moe-4l", "layers": 4, "hidden": 7168, "heads": 56, "kv_heads": 8, "ffn_hidden": 18432,
         "vocab": 129280, "experts": 256, "experts_per_token": 8, "expert_ffn_hidden": 2048, "shared_experts": 1,
         "first_dense_layers": 1}), _MOE_TRAIN),
+    "dsv3-4l": (get_model("deepseek-v3").model_copy(update={"name": "dsv3-4l", "layers": 4, "first_dense_layers": 1}),
+                _MOE_TRAIN),
 }
 MOE_GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("mixtral-4l", 8, dict(zero=1)), ("mixtral-4l", 8, dict(ep=8, zero=1)), ("mixtral-4l", 8, dict(ep=2, zero=1)),
@@ -68,6 +70,8 @@ MOE_GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("qwen3moe-4l", 8, dict(ep=8, zero=1, recompute="full")),
     ("dsv3moe-4l", 64, dict(ep=64, zero=1)), ("dsv3moe-4l", 64, dict(ep=32, pp=2, zero=1)),
     ("dsv3moe-4l", 16, dict(ep=16, zero=2)),
+    ("dsv3-4l", 64, dict(ep=64, zero=1)), ("dsv3-4l", 64, dict(ep=32, pp=2, zero=1)),
+    ("dsv3-4l", 32, dict(ep=16, tp=2, zero=1, sequence_parallel=True)),
 ]
 # (model, gpus, layout keywords); global_batch=16 rows keep the all-forwards GPipe cases short.
 GRID: list[tuple[str, int, dict[str, Any]]] = [

@@ -9,6 +9,10 @@ kernels (the analytic model's assumption, Korthikanti et al. 2022) per token per
   w1·x and w3·x and recomputes the silu in backward (in the routed and shared experts too).
 * GQA: ``repeat_interleave`` saves K and V expanded to all heads (4h instead of 4·g·d bytes);
   flash attention with native GQA (``enable_gqa``) saves the kv heads only.
+* MLA (value heads narrower than query/key heads, 128 vs 192 in DeepSeek-V3): torch's fused SDPA kernels
+  need one head width, and without one SDPA falls back to the math path that stores the s×s scores; V is
+  zero-padded to the query width instead (its copy and the output are then stored 192/128 wider, and
+  the counted FLOPs of P·V are those of the padded width).
 * Sequence parallelism: DTensor saves the all-gathered (b, s, h) inputs of the QKV and fc1 layers;
   Megatron (Korthikanti §4.2.2) saves the sequence shard and all-gathers again in backward —
   :func:`save_sequence_shards` does the same with saved-tensor hooks.
@@ -170,7 +174,11 @@ class _FusedExperts(GroupedExperts):
 
 class _GQACore(AttentionCore):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        dv = v.shape[-1]
+        if dv == q.shape[-1]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        v = F.pad(v, (0, q.shape[-1] - dv))  # MLA: the fused kernel needs v as wide as q and k
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)[..., :dv]
 
 
 class _GQAAttention(Attention):
