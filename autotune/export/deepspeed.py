@@ -84,7 +84,14 @@ def ds_config(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -> 
 
 
 def check_model(model: ModelSpec) -> None:
-    """Raise InfeasibleConfig for q/k/v-only biases (Megatron-DeepSpeed has no ``--add-qkv-bias``)."""
+    """Raise InfeasibleConfig for q/k/v-only biases (Megatron-DeepSpeed has no ``--add-qkv-bias``) and for
+    mixture-of-experts models: DeepSpeed's MoE layer (``deepspeed.moe.layer.MoE``) gates top-1 or top-2
+    only, has no expert tensor parallelism, shared experts or latent attention, and Megatron-DeepSpeed builds
+    it only from its own ``--num-experts`` list; a layout of this model is not exported rather than changed."""
+    if model.is_moe:
+        raise InfeasibleConfig(f"deepspeed: experts={model.experts} is not supported (mixture-of-experts models are"
+                               " not exported to DeepSpeed: its MoE layer gates top-1/top-2 only, without expert"
+                               " tensor parallelism or shared experts)")
     if model.bias == "qkv":
         raise InfeasibleConfig("deepspeed: bias=qkv is not supported (Megatron-DeepSpeed has biases on every"
                                " linear layer or on none: no --add-qkv-bias)")

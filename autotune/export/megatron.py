@@ -17,6 +17,7 @@ its own arguments on.
 from __future__ import annotations
 
 from autotune.config import ParallelConfig
+from autotune.errors import InfeasibleConfig
 from autotune.export.base import check_exportable
 from autotune.export.launch import Flag, render_script, rope_base, torchrun_launcher, vocab_divisor
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
@@ -31,6 +32,9 @@ __all__ = [
     "recompute_flags",
     "precision_flags",
     "megatron_env",
+    "moe_flags",
+    "moe_layer_freq",
+    "check_model",
 ]
 
 MEGATRON_VERSION = "core_v0.19.0"
@@ -71,6 +75,51 @@ def model_flags(model: ModelSpec, training: TrainingSpec) -> list[Flag]:
         flags += [("--attention-dropout", 0), ("--hidden-dropout", 0)]
     if training.flash_attention:
         flags.append(("--use-flash-attn", None))
+    return flags
+
+
+def check_model(model: ModelSpec, cfg: ParallelConfig) -> None:
+    """Raise InfeasibleConfig for an MoE model with tp > 1 and no sequence parallelism: core_v0.19.0's
+    ``MoELayer.forward`` raises in training whenever attention is tensor-parallel without it."""
+    if model.is_moe and cfg.tp > 1 and not cfg.sequence_parallel:
+        raise InfeasibleConfig(f"megatron: tp={cfg.tp} with sequence_parallel=False is not supported for the"
+                               f" mixture-of-experts model {model.name!r} (MoE layers with tensor parallelism need"
+                               " --sequence-parallel)")
+
+
+def moe_layer_freq(model: ModelSpec) -> int | str:
+    """--moe-layer-freq: an int k (every k-th layer from layer 0 is MoE) or Megatron's list expression of one
+    0/1 per layer (``([0]*3+[1]*58)`` for DeepSeek-V3's three leading dense layers)."""
+    if model.first_dense_layers == 0:
+        return model.moe_every
+    if model.moe_every == 1:
+        return f"([0]*{model.first_dense_layers}+[1]*{model.layers - model.first_dense_layers})"
+    pattern = [int(i >= model.first_dense_layers and (i - model.first_dense_layers) % model.moe_every == 0)
+               for i in range(model.layers)]
+    return "[" + ",".join(map(str, pattern)) + "]"
+
+
+def moe_flags(model: ModelSpec, cfg: ParallelConfig) -> list[Flag]:
+    """Mixture-of-experts and multi-head latent attention flags (core_v0.19.0 ``_add_moe_args``,
+    ``_add_mla_args``): routed experts, top-k, expert width, shared experts (one MLP of their total width),
+    the MoE layer pattern, expert parallel and expert tensor parallel sizes, grouped GEMMs and the all-to-all
+    token dispatcher; a capacity factor when tokens are dropped (dropless otherwise). None for a dense model."""
+    flags: list[Flag] = []
+    if model.is_moe:
+        flags += [("--num-experts", model.experts), ("--moe-router-topk", model.experts_per_token),
+                  ("--moe-ffn-hidden-size", model.expert_ffn), ("--moe-layer-freq", moe_layer_freq(model))]
+        if model.shared_experts:
+            flags.append(("--moe-shared-expert-intermediate-size", model.shared_experts * model.shared_expert_ffn))
+        if model.capacity_factor is not None:
+            flags.append(("--moe-expert-capacity-factor", model.capacity_factor))
+        flags += [("--expert-model-parallel-size", cfg.ep), ("--expert-tensor-parallel-size", cfg.etp),
+                  ("--moe-grouped-gemm", None), ("--moe-token-dispatcher-type", "alltoall")]
+    if model.is_mla:
+        flags.append(("--multi-latent-attention", None))
+        if model.q_lora_rank is not None:
+            flags.append(("--q-lora-rank", model.q_lora_rank))
+        flags += [("--kv-lora-rank", model.kv_lora_rank), ("--qk-head-dim", model.qk_nope_head_dim),
+                  ("--qk-pos-emb-head-dim", model.qk_rope_head_dim), ("--v-head-dim", model.v_head_dim)]
     return flags
 
 
@@ -140,7 +189,8 @@ class MegatronExporter:
     ) -> str:
         """The launch script for ``cfg``; raises InfeasibleConfig when Megatron-LM cannot run it."""
         check_exportable(self.name, training, cluster, cfg)
-        flags = model_flags(model, training) + vocab_flags(model, cfg) + parallel_flags(cfg)
+        check_model(model, cfg)
+        flags = model_flags(model, training) + moe_flags(model, cfg) + vocab_flags(model, cfg) + parallel_flags(cfg)
         if cfg.vpp > 1:
             flags.append(("--num-layers-per-virtual-pipeline-stage", model.layers // (cfg.pp * cfg.vpp)))
         flags.append(("--context-parallel-size", cfg.cp))

@@ -17,6 +17,10 @@ Targets torchtitan 0.3.0, which reads no TOML: ``--module llama3 --config FUNCTI
   each virtual stage gets ``layers / (pp · vpp)`` blocks, and CUDA graphs are off
   (``--training.disable_cuda_graphs``: they do not support pipelining). Schedules: GPipe, 1F1B,
   Interleaved1F1B when vpp > 1.
+- Mixture of experts: DeepSeek-V3 671B is ``--module deepseek_v3 --config deepseek_v3_671b`` (shape from
+  ``torchtitan/models/deepseek_v3/__init__.py``, without its multi-token-prediction layers), with
+  ``parallelism.expert_parallel_degree`` = ep; torchtitan has no expert tensor parallel degree (experts are
+  tp-sharded when ep = 1, see :mod:`autotune.search.frameworks`).
 - Async TP is ``compile.enable_async_tensor_parallel`` and needs ``compile.enable``; both are always
   written, so a config's own defaults never leak in. Activation checkpointing is the
   ``activation-checkpoint:none|selective|full`` subcommand (selective is per-op).
@@ -32,7 +36,8 @@ from autotune.export.base import check_exportable
 from autotune.export.launch import Flag, render_script, torchrun_launcher
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 
-__all__ = ["TorchtitanExporter", "TorchtitanConfig", "CONFIGS", "TORCHTITAN_VERSION", "find_config", "overrides"]
+__all__ = ["TorchtitanExporter", "TorchtitanConfig", "CONFIGS", "TORCHTITAN_VERSION", "find_config", "overrides",
+           "moe_shape"]
 
 TORCHTITAN_VERSION = "0.3.0"
 """The torchtitan release whose command line the script follows."""
@@ -60,10 +65,26 @@ class TorchtitanConfig:
     """RoPE base."""
     fp8: bool
     """Whether the config converts linears to float8 (its model spec cannot be changed from the command line)."""
+    module: str = "llama3"
+    """The ``--module`` the config belongs to."""
+    moe: tuple[int | None, ...] = ()
+    """A mixture-of-experts config's :func:`moe_shape` (empty for a dense one)."""
 
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> tuple[int | float | None, ...]:
         """The fields a ModelSpec must match."""
-        return (self.layers, self.hidden, self.heads, self.kv_heads, self.ffn, self.vocab, self.rope_theta)
+        return (self.layers, self.hidden, self.heads, self.kv_heads, self.ffn, self.vocab, self.rope_theta,
+                *self.moe)
+
+
+def moe_shape(model: ModelSpec) -> tuple[int | None, ...]:
+    """Routed experts, top-k, expert width, shared experts and width, leading dense layers, MoE frequency,
+    capacity factor and the MLA ranks/head dims: what a torchtitan MoE config fixes beyond the dense shape."""
+    if not model.is_moe:
+        return ()
+    return (model.experts, model.experts_per_token, model.expert_ffn, model.shared_experts,
+            model.shared_expert_ffn if model.shared_experts else None, model.first_dense_layers, model.moe_every,
+            model.capacity_factor, model.q_lora_rank, model.kv_lora_rank, model.qk_rope_head_dim,
+            model.qk_nope_head_dim, model.v_head_dim)
 
 
 CONFIGS: tuple[TorchtitanConfig, ...] = (
@@ -73,9 +94,12 @@ CONFIGS: tuple[TorchtitanConfig, ...] = (
                      vocab=128256, rope_theta=500000.0, fp8=False),
     TorchtitanConfig(function="llama3_405b", layers=126, hidden=16384, heads=128, kv_heads=8, ffn=53248,
                      vocab=128256, rope_theta=500000.0, fp8=True),
+    TorchtitanConfig(function="deepseek_v3_671b", module="deepseek_v3", layers=61, hidden=7168, heads=128,
+                     kv_heads=128, ffn=18432, vocab=129280, rope_theta=10000.0, fp8=False,
+                     moe=(256, 8, 2048, 1, 2048, 3, 1, None, 1536, 512, 64, 128, 128)),
 )
-"""torchtitan 0.3.0's Llama 3 configs (``torchtitan/models/llama3/config_registry.py``): untied, RMSNorm,
-SwiGLU, no biases."""
+"""torchtitan 0.3.0's Llama 3 configs (``torchtitan/models/llama3/config_registry.py``) and DeepSeek-V3 671B
+(``torchtitan/models/deepseek_v3/config_registry.py``): untied, RMSNorm, SwiGLU, no biases."""
 
 _RESHARD = {0: "default", 2: "never", 3: "always"}
 
@@ -84,7 +108,8 @@ def _shape(model: ModelSpec) -> tuple[int, ...] | None:
     llama = (model.activation, model.norm, model.bias, model.position_embedding, model.tied_embeddings)
     if llama != ("swiglu", "rmsnorm", "none", "rope", False):
         return None
-    return (model.layers, model.hidden, model.heads, model.n_kv_heads, model.ffn, model.vocab, model.rope_theta)
+    return (model.layers, model.hidden, model.heads, model.n_kv_heads, model.ffn, model.vocab, model.rope_theta,
+            *moe_shape(model))
 
 
 def find_config(model: ModelSpec, training: TrainingSpec) -> TorchtitanConfig:
@@ -129,6 +154,8 @@ def overrides(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig) -> 
         ("--parallelism.context_parallel_degree", cfg.cp),
         ("--parallelism.pipeline_parallel_degree", cfg.pp),
     ]
+    if model.is_moe:
+        flags.append(("--parallelism.expert_parallel_degree", cfg.ep))
     if cfg.pp > 1:
         flags += [
             ("--parallelism.pipeline_parallel_schedule", _schedule(cfg)),
@@ -156,7 +183,10 @@ class TorchtitanExporter:
         """The launch script for ``cfg``; raises InfeasibleConfig when torchtitan cannot run it."""
         check_exportable(self.name, training, cluster, cfg)
         config = find_config(model, training)
-        flags = [("--module", "llama3"), ("--config", config.function), *overrides(model, training, cfg)]
+        if model.is_moe and cfg.ep == 1 and cfg.etp != cfg.tp:
+            raise InfeasibleConfig(f"torchtitan: etp={cfg.etp} with ep=1 and tp={cfg.tp} is not supported (with ep=1"
+                                   " the routed experts are tensor-parallel over tp: etp=tp)")
+        flags = [("--module", config.module), ("--config", config.function), *overrides(model, training, cfg)]
         header = [
             f"torchtitan {TORCHTITAN_VERSION}: {model.name} ({config.function}) on {cluster.node_counts[0]} node(s)"
             f" x {cluster.gpus_per_node} GPUs, tp={cfg.tp} pp={cfg.pp} vpp={cfg.vpp} cp={cfg.cp} dp={cfg.dp}.",

@@ -21,6 +21,7 @@ def layout_summary(cfg: dict[str, Any]) -> str:
         parts.append(f"vpp={cfg['vpp']}")
     if cfg.get("sequence_parallel"):
         parts.append("sp")
+    parts += [f"{k}={cfg[k]}" for k in ("ep", "etp") if cfg.get(k, 1) > 1]
     parts.append(f"zero={cfg['zero']}")
     if cfg.get("zero") and cfg.get("dp_shard") != cfg.get("dp"):
         parts.append(f"dp_shard={cfg['dp_shard']}")

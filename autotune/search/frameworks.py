@@ -25,6 +25,19 @@ Megatron-DeepSpeed's ``megatron/arguments.py``, torchtitan 0.3.0):
   own: see :mod:`autotune.export.torchtitan`); activation checkpointing is per block, with no
   partial-layer count; load-balanced CP needs ``seq_len`` divisible by ``2·cp·tp``
   (``ParallelDims.seq_len_divisor``).
+
+Expert parallelism (mixture-of-experts models; a dense model keeps ep = etp = 1, :func:`autotune.config.derive`):
+
+- Megatron-LM: --expert-model-parallel-size and --expert-tensor-parallel-size over any folding of the
+  stage's tp·cp·dp ranks (MoE parallel folding); an MoE layer in training refuses tensor parallelism
+  without --sequence-parallel (``MoELayer.forward``, megatron/core/transformer/moe/moe_layer.py): the rule
+  catches ep > 1, the exporter the MoE model at ep = 1 (:func:`autotune.export.megatron.check_model`).
+- DeepSpeed: not exported (see :func:`autotune.export.deepspeed.check_model`): DeepSpeed's MoE layer
+  (``deepspeed.moe.layer.MoE``, ep_size) gates top-1 or top-2 only and has no expert tensor parallelism.
+- torchtitan 0.3.0: ``parallelism.expert_parallel_degree`` only, no expert tensor parallelism: ep borrows its
+  ranks from dp_shard·cp·tp (``efsdp = dp_shard·cp·tp / ep``, ``ParallelDims.build_mesh``; dp_replicate
+  stays outside), and with ep = 1 the routed experts are tensor-parallel over tp (etp = tp,
+  ``models/common/moe_sharding.py``).
 """
 
 from __future__ import annotations
@@ -67,6 +80,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(field="recompute_layers", ok=lambda c, t: (c.recompute_layers or 0) % c.vpp == 0,
              message="recompute_layers={recompute_layers} with vpp={vpp} is not supported"
                      " (--recompute-num-layers counts layers per virtual stage)"),
+        Rule(field="ep", ok=lambda c, t: c.ep == 1 or c.tp == 1 or c.sequence_parallel,
+             message="ep={ep} with tp={tp} and sequence_parallel=False is not supported"
+                     " (MoE layers with tensor parallelism need --sequence-parallel)"),
     ),
     "deepspeed": (
         Rule(field="zero", ok=lambda c, t: c.zero < 2 or c.pp == 1,
@@ -101,6 +117,12 @@ RULES: dict[str, tuple[Rule, ...]] = {
              message="precision=fp16 is not supported (mixed_precision_param is bfloat16 or float32)"),
         Rule(field="cp", ok=lambda c, t: c.cp == 1 or t.seq_len % (2 * c.cp * c.tp) == 0,
              message="cp={cp} with tp={tp} needs seq_len divisible by 2*cp*tp (got seq_len={seq_len})"),
+        Rule(field="etp", ok=lambda c, t: c.etp == 1 or (c.ep == 1 and c.etp == c.tp),
+             message="etp={etp} with ep={ep} and tp={tp} is not supported (no expert tensor parallel degree:"
+                     " experts are sharded over tp when ep=1, over ep alone otherwise)"),
+        Rule(field="ep", ok=lambda c, t: (c.dp_shard if c.zero >= 2 else 1) * c.cp * c.tp % c.ep == 0,
+             message="ep={ep} with dp_shard={dp_shard} cp={cp} tp={tp} zero={zero} is not supported"
+                     " (expert parallelism borrows its ranks from the FSDP shard, cp and tp ranks)"),
     ),
 }
 """Capability rules per framework; a layout is supported when every rule of its framework holds."""

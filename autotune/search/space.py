@@ -12,7 +12,8 @@ A space is YAML (``search_spaces/<name>.yaml`` or a user path)::
 
 ``when`` is a small boolean expression over earlier dimensions (comparisons, ``and``/``or``/``not``,
 ``in`` with a literal list); an inactive dimension takes its ``default``. A ``range`` ``[lo, hi]``
-expands to the powers of two in it.
+expands to the powers of two in it. The expert-parallel dimensions (:data:`EXPERT_DIMS`) apply to
+mixture-of-experts models only: :meth:`SearchSpace.specialise` drops them for a dense model.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ import yaml
 from autotune.config import DERIVE_KEYS
 from autotune.errors import SpecError
 
-__all__ = ["Dimension", "SearchSpace", "load_space", "space_names", "LAYOUT_KEYS"]
+__all__ = ["Dimension", "SearchSpace", "load_space", "space_names", "LAYOUT_KEYS", "EXPERT_DIMS"]
 
 #: Dimensions a space may declare (the arguments of :func:`autotune.config.derive`, plus ``nodes``).
 LAYOUT_KEYS = (*DERIVE_KEYS, "nodes")
+#: Dimensions searched only for mixture-of-experts models (a dense model runs ep = etp = 1).
+EXPERT_DIMS = ("ep", "etp")
 _FRAMEWORKS = ("megatron", "deepspeed", "torchtitan", "any")
 _NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare, ast.Name, ast.Load,
           ast.Constant, ast.List, ast.Tuple, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In,
@@ -134,11 +137,13 @@ class SearchSpace:
         yield from walk(0, dict(self.fixed), {})
 
     def specialise(self, *, layers: int, heads: int, seq_len: int, global_batch: int | list[int],
-                   gpu_counts: list[int]) -> SearchSpace:
+                   gpu_counts: list[int], experts: int = 0) -> SearchSpace:
         """Drop choices no layout of this problem can use, one dimension at a time.
 
         tp must divide heads and one of the GPU counts; pp must divide layers and a GPU count; cp must
-        divide seq_len and a GPU count; vpp must divide layers; micro_batch must divide one of the global batch sizes.
+        divide seq_len and a GPU count; vpp must divide layers; micro_batch must divide one of the global batch sizes;
+        ep must divide ``experts`` (routed experts; 0 = a dense model, whose space loses the ep and etp
+        dimensions) and a GPU count, etp a GPU count.
         Unconditional tp, pp and cp are then joined into one ``tp_pp_cp`` dimension of the products that
         divide a GPU count, so a sampler never spends trials on meshes that cannot exist (most of the
         raw product does not divide the GPU count, and samplers learn such constraints slowly).
@@ -154,9 +159,13 @@ class SearchSpace:
             "cp": lambda v: seq_len % v == 0 and fits(v),
             "vpp": lambda v: layers % v == 0,
             "micro_batch": lambda v: any(b % v == 0 for b in batches),
+            "ep": lambda v: experts % v == 0 and fits(v),
+            "etp": fits,
         }
         dims = []
         for d in self.dimensions:
+            if d.name in EXPERT_DIMS and not experts:
+                continue
             rule = rules.get(d.name)
             if rule is None:
                 dims.append(d)
@@ -165,7 +174,7 @@ class SearchSpace:
             if not kept:
                 raise SpecError(f"space.dimensions.{d.name}: no choice of {list(d.choices)} fits this model and "
                                 f"cluster (layers={layers}, heads={heads}, seq_len={seq_len}, "
-                                f"global_batch={global_batch}, gpus={gpu_counts})")
+                                f"global_batch={global_batch}, gpus={gpu_counts}, experts={experts})")
             default = d.default if d.default in kept else kept[0]
             dims.append(Dimension(d.name, kept, d.when, default, d._cond))
         return SearchSpace(name=self.name, framework=self.framework, dimensions=_join_mesh(dims, gpu_counts),

@@ -94,6 +94,6 @@ def plan_study(spec: StudySpec, *, gpu: GPUSpec | None = None, storage: str | No
     m, t = problem.model, spec.training
     space = load_space(spec.search.space).specialise(
         layers=m.layers, heads=m.heads, seq_len=t.seq_len, global_batch=t.batch_sizes,
-        gpu_counts=[n * spec.cluster.gpus_per_node for n in spec.cluster.node_counts])
+        gpu_counts=[n * spec.cluster.gpus_per_node for n in spec.cluster.node_counts], experts=m.experts)
     cases = tuple(Case(n, b) for n in spec.cluster.node_counts for b in t.batch_sizes)
     return StudyPlan(spec=spec, problem=problem, objective=objective, space=space, cases=cases)

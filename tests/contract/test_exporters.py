@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from autotune.catalog import get_model as get_model_preset
 from autotune.config import ParallelConfig, derive
 from autotune.errors import InfeasibleConfig, SpecError
 from autotune.export import EXPORTERS, Exporter, get_exporter, launch_script
@@ -259,3 +260,90 @@ def test_torchtitan_parser_accepts_every_layout(layout):
     if cfg.recompute != "none":
         kind = "SelectiveAC" if cfg.recompute == "selective" else "FullAC"
         assert type(config.activation_checkpoint).__qualname__ == f"{kind}.Config"
+
+
+# Mixture of experts: Megatron-LM takes any expert layout of the parallel folding; torchtitan 0.3.0 only its
+# registered DeepSeek-V3 671B shape; DeepSpeed refuses MoE models by name.
+MOE = ModelSpec(name="moe-8x", layers=16, hidden=2048, heads=16, kv_heads=4, ffn_hidden=8192, vocab=32000,
+                activation="swiglu", norm="rmsnorm", experts=16, experts_per_token=2, expert_ffn_hidden=1024,
+                shared_experts=2, first_dense_layers=1, moe_every=3)
+MOE_LAYOUTS = {
+    "ep16": dict(ep=16, zero=1),
+    "tp2-sp-ep4-etp2": dict(tp=2, sequence_parallel=True, ep=4, etp=2),
+    "pp2-ep8": dict(pp=2, ep=8, zero=1),
+    "tp2-sp-etp2": dict(tp=2, sequence_parallel=True, etp=2),
+}
+
+
+def _moe_cfg(model: ModelSpec = MOE, **kwargs) -> ParallelConfig:
+    return derive(model, TRAINING, CLUSTER.gpus, **kwargs)
+
+
+@pytest.mark.parametrize("layout", list(MOE_LAYOUTS))
+def test_megatron_moe_flags(layout):
+    cfg = _moe_cfg(**MOE_LAYOUTS[layout])
+    f = flags(read_script(get_exporter("megatron").render(MOE, TRAINING, CLUSTER, cfg), "pretrain_gpt.py").args)
+    # layers 1, 4, 7, 10, 13 are MoE (first_dense_layers 1, every 3rd): one 0/1 entry per layer.
+    assert f["--moe-layer-freq"] == "[0,1,0,0,1,0,0,1,0,0,1,0,0,1,0,0]"
+    assert (f["--num-experts"], f["--moe-router-topk"], f["--moe-ffn-hidden-size"]) == ("16", "2", "1024")
+    assert f["--moe-shared-expert-intermediate-size"] == "2048"  # 2 shared experts of 1024
+    assert (f["--expert-model-parallel-size"], f["--expert-tensor-parallel-size"]) == (str(cfg.ep), str(cfg.etp))
+    assert f["--moe-grouped-gemm"] is True and f["--moe-token-dispatcher-type"] == "alltoall"
+    assert "--multi-latent-attention" not in f and "--moe-expert-capacity-factor" not in f
+
+
+def test_megatron_mla_flags():
+    m = get_model_preset("deepseek-v3")
+    cfg = _moe_cfg(m, ep=16, zero=1)
+    f = flags(read_script(get_exporter("megatron").render(m, TRAINING, CLUSTER, cfg), "pretrain_gpt.py").args)
+    assert f["--multi-latent-attention"] is True
+    assert (f["--q-lora-rank"], f["--kv-lora-rank"], f["--qk-head-dim"], f["--qk-pos-emb-head-dim"],
+            f["--v-head-dim"]) == ("1536", "512", "128", "64", "128")
+    assert f["--moe-layer-freq"] == "([0]*3+[1]*58)" and f["--ffn-hidden-size"] == "18432"
+    assert "--group-query-attention" not in f
+
+
+def test_megatron_dense_scripts_carry_no_moe_flags():
+    text = get_exporter("megatron").render(MODEL, TRAINING, CLUSTER, _cfg(tp=2, sequence_parallel=True))
+    assert "expert" not in text and "moe" not in text
+
+
+def test_megatron_refuses_moe_tp_without_sp():
+    with pytest.raises(InfeasibleConfig, match=r"^megatron: tp=2 with sequence_parallel=False is not supported for"
+                                               r" the mixture-of-experts model 'moe-8x'"):
+        get_exporter("megatron").render(MOE, TRAINING, CLUSTER, _moe_cfg(tp=2))
+
+
+def test_deepspeed_refuses_moe_by_name():
+    with pytest.raises(InfeasibleConfig, match=r"^deepspeed: experts=16 is not supported"):
+        get_exporter("deepspeed").render(MOE, TRAINING, CLUSTER, _moe_cfg(ep=4))
+
+
+def test_torchtitan_deepseek_v3_expert_parallel_degree():
+    m = get_model_preset("deepseek-v3")
+    cfg = _moe_cfg(m, zero=3, ep=16)
+    script = read_script(get_exporter("torchtitan").render(m, TRAINING, CLUSTER, cfg), "torchtitan.train")
+    f = flags(script.args)
+    assert (f["--module"], f["--config"], f["--parallelism.expert_parallel_degree"]) == (
+        "deepseek_v3", "deepseek_v3_671b", "16")
+    config, dims = launchers.torchtitan_config(script, CLUSTER.gpus)
+    assert (config.parallelism.expert_parallel_degree, dims.ep, dims.dp_shard) == (16, 16, 16)
+
+
+def test_torchtitan_refuses_other_moe_shapes_and_untied_etp():
+    with pytest.raises(InfeasibleConfig, match=r"^torchtitan: model 'moe-8x' is not a registered torchtitan"):
+        get_exporter("torchtitan").render(MOE, TRAINING, CLUSTER, _moe_cfg(zero=3, ep=4))
+    m = get_model_preset("deepseek-v3")
+    with pytest.raises(InfeasibleConfig, match=r"^torchtitan: etp=1 with ep=1 and tp=2 is not supported"):
+        get_exporter("torchtitan").render(m, TRAINING, CLUSTER, _moe_cfg(m, zero=3, tp=2, sequence_parallel=True))
+
+
+def test_megatron_lm_parser_accepts_moe_layouts():
+    m = get_model_preset("deepseek-v3")
+    runs = [(MOE, _moe_cfg(**kw)) for kw in MOE_LAYOUTS.values()] + [(m, _moe_cfg(m, ep=16, zero=1))]
+    scripts = [read_script(get_exporter("megatron").render(model, TRAINING, CLUSTER, cfg), "pretrain_gpt.py")
+               for model, cfg in runs]
+    got = launchers.megatron_lm([(s, CLUSTER.gpus) for s in scripts])
+    for (_, cfg), parsed in zip(runs, got, strict=True):
+        assert "error" not in parsed, parsed
+        assert parsed["tp"] == cfg.tp and parsed["dp"] == cfg.dp

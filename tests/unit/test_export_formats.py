@@ -11,7 +11,7 @@ from autotune.config import derive
 from autotune.errors import InfeasibleConfig
 from autotune.export import get_exporter, launch_script
 from autotune.export.launch import vocab_divisor
-from autotune.export.torchtitan import CONFIGS
+from autotune.export.torchtitan import CONFIGS, find_config
 from autotune.search.frameworks import unsupported_reason
 from autotune.spec import ClusterSpec, ModelSpec, TrainingSpec
 from tests.contract.launchers import flags, read_script
@@ -124,7 +124,7 @@ def test_torchtitan_picks_the_config_by_shape_and_precision():
         _render("torchtitan", model=theta)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.function)
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.module == "llama3"], ids=lambda c: c.function)
 def test_torchtitan_config_table_matches_torchtitan(config):
     """The shapes of CONFIGS against the model torchtitan's own config function builds."""
     registry = pytest.importorskip("torchtitan.models.llama3.config_registry",
@@ -139,6 +139,23 @@ def test_torchtitan_config_table_matches_torchtitan(config):
     shape = (len(model.layers), model.dim, block.attention.n_heads, block.attention.n_kv_heads,
              block.feed_forward.w1.out_features, model.vocab_size, float(rope.theta))
     assert shape == config.shape()
+
+
+def test_torchtitan_deepseek_v3_config_matches_torchtitan():
+    """deepseek_v3_671b's entry against the config torchtitan 0.3.0 builds (dense layers 0-2, MoE from 3)."""
+    registry = pytest.importorskip("torchtitan.models.deepseek_v3.config_registry",
+                                   reason="torchtitan is not installed (pip install torchtitan==0.3.0)")
+    (config,) = [c for c in CONFIGS if c.function == "deepseek_v3_671b"]
+    model = registry.deepseek_v3_671b().model_spec.model
+    first_moe = next(i for i, b in enumerate(model.layers) if b.moe is not None)
+    attn, moe = model.layers[first_moe].attention, model.layers[first_moe].moe
+    shared = moe.shared_experts.w1.out_features
+    shape = (len(model.layers), model.dim, attn.n_heads, attn.n_heads, model.layers[0].feed_forward.w1.out_features,
+             model.vocab_size, float(attn.rope.theta), moe.num_experts, moe.router.top_k,
+             moe.routed_experts.inner_experts.hidden_dim, 1, shared, first_moe, 1, None, attn.q_lora_rank,
+             attn.kv_lora_rank, attn.qk_rope_head_dim, attn.qk_nope_head_dim, attn.v_head_dim)
+    assert shape == config.shape() and not model.mtp_layers
+    assert find_config(get_model("deepseek-v3"), TrainingSpec(seq_len=4096, global_batch=64)) == config
 
 
 def test_megatron_script_sets_the_environment_and_launcher():

@@ -51,6 +51,16 @@ CASES = [
     ("torchtitan", "cp", ParallelConfig(zero=3, cp=4, tp=2, sequence_parallel=True),
      BF16.model_copy(update={"seq_len": 8200}),
      "torchtitan: cp=4 with tp=2 needs seq_len divisible by 2*cp*tp (got seq_len=8200)"),
+    ("megatron", "ep", ParallelConfig(tp=2, dp=4, ep=4), BF16,
+     "megatron: ep=4 with tp=2 and sequence_parallel=False is not supported"
+     " (MoE layers with tensor parallelism need --sequence-parallel)"),
+    ("torchtitan", "etp", ParallelConfig(tp=2, dp=4, ep=2, etp=2, sequence_parallel=True), BF16,
+     "torchtitan: etp=2 with ep=2 and tp=2 is not supported (no expert tensor parallel degree:"
+     " experts are sharded over tp when ep=1, over ep alone otherwise)"),
+    # zero 0 replicates over dp: ep 4 cannot borrow from cp·tp = 2.
+    ("torchtitan", "ep", ParallelConfig(tp=2, dp=4, ep=4, sequence_parallel=True), BF16,
+     "torchtitan: ep=4 with dp_shard=1 cp=1 tp=2 zero=0 is not supported"
+     " (expert parallelism borrows its ranks from the FSDP shard, cp and tp ranks)"),
 ]
 
 # Layouts each framework runs: the boundary of every rule, from the supported side.
@@ -62,6 +72,8 @@ SUPPORTED = {
         ParallelConfig(recompute="full", recompute_layers=3),
         ParallelConfig(pp=2, vpp=2, recompute="full", recompute_layers=4),
         ParallelConfig(pp_schedule="gpipe"),
+        ParallelConfig(tp=2, dp=4, ep=8, sequence_parallel=True),   # ep folds over tp and dp
+        ParallelConfig(dp=8, ep=8, zero=1, dp_shard=8),
     ],
     "deepspeed": [
         ParallelConfig(),
@@ -78,6 +90,9 @@ SUPPORTED = {
         ParallelConfig(zero=2, pp=4, pp_schedule="gpipe"),
         ParallelConfig(tp=4, dp=2),  # 0.3.0: enable_sequence_parallel is optional, and DDP composes with TP
         ParallelConfig(tp=2, pp=2, dp=2, sequence_parallel=True),
+        ParallelConfig(zero=3, tp=2, dp=4, dp_shard=4, ep=8, sequence_parallel=True),  # efsdp = 4·2/8 = 1
+        ParallelConfig(tp=2, dp=4, etp=2, sequence_parallel=True),   # ep 1: experts tp-sharded
+        ParallelConfig(tp=2, dp=4, ep=2, sequence_parallel=True),
     ],
 }
 
