@@ -17,7 +17,7 @@ fusion writes them straight into the main gradient).
 MoE rows (``--moe``, :data:`MOE_GRID`): scaled-down mixture-of-experts models with their real expert counts
 and widths but 4 layers (Mixtral 8x7B, Qwen3-30B-A3B's 128 experts of 768, DeepSeek-V3's 256 routed + one
 shared expert of 2048 with its first layer dense, with standard attention and with DeepSeek-V3's multi-head
-latent attention), over ep, edp, ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep rank it
+latent attention), over ep, etp, edp, ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep rank it
 simulates the analytic model's busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no
 tokens move and its experts see exactly k copies per token.
 
@@ -67,7 +67,8 @@ MOE_GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("mixtral-4l", 16, dict(ep=8, pp=2, zero=1)),
     ("qwen3moe-4l", 8, dict(ep=8, zero=1)), ("qwen3moe-4l", 16, dict(ep=16, zero=1)),
     ("qwen3moe-4l", 8, dict(ep=4, tp=2, zero=1, sequence_parallel=True)), ("qwen3moe-4l", 16, dict(ep=8, pp=2)),
-    ("qwen3moe-4l", 8, dict(ep=8, zero=1, recompute="full")),
+    ("qwen3moe-4l", 8, dict(ep=8, zero=1, recompute="full")), ("qwen3moe-4l", 8, dict(ep=4, etp=2, zero=1)),
+    ("mixtral-4l", 8, dict(ep=4, etp=2, tp=2, zero=1, sequence_parallel=True)),
     ("dsv3moe-4l", 64, dict(ep=64, zero=1)), ("dsv3moe-4l", 64, dict(ep=32, pp=2, zero=1)),
     ("dsv3moe-4l", 16, dict(ep=16, zero=2)),
     ("dsv3-4l", 64, dict(ep=64, zero=1)), ("dsv3-4l", 64, dict(ep=32, pp=2, zero=1)),

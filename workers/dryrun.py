@@ -214,7 +214,7 @@ def dry_run(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, *,
     if cfg.cp > 1:
         raise UnsupportedLayout("context parallelism is not dry-run (ring attention needs a real backend)")
     if model.is_moe:
-        check_ep(cfg)
+        check_ep(model, cfg)
     if not fake and cfg.world != 1:
         raise ValueError(f"a real (fake=False) run needs world size 1, not {cfg.world}")
     ranks = [0] if cfg.pp == 1 else [0, cfg.pp - 1]

@@ -124,7 +124,7 @@ def build_chunks(spec: ModelSpec, cfg: ParallelConfig, *, seq_len: int, precisio
             for m in chunk.modules():
                 if type(m) is MoE:
                     m.__class__ = BalancedMoE
-            apply_ep(chunk, expert_mesh["ep"], load=imbalance(spec))
+            apply_ep(chunk, expert_mesh, load=imbalance(spec))
         if cfg.tp > 1:
             _apply_tp(chunk, mesh["tp"], cfg.sequence_parallel)
         apply_recompute(chunk, cfg.recompute, cfg.recompute_layers)

@@ -40,27 +40,28 @@ def _case(world: int, spec: ModelSpec = MOE, **kw: object) -> tuple[ModelSpec, P
 
 #: name -> (model, layout). ep 2 on 2 ranks (edp 1); ep 2 x edp 2 on 4 data-parallel ranks, also with ZeRO-1
 #: (dense states over dp, expert states over edp) and ZeRO-3, with a 2-stage pipeline (ep 2 within each stage)
-#: and with tp 2 x dp 2 attention (experts fold over the tp ranks too: ep 2 x edp 2 and ep 4 with sequence
-#: parallelism; ep 2 without it, the tp ranks routing the same tokens); latent attention with ep and tp.
-WORLD2 = {"ep2": _case(2, ep=2), "mla_ep2": _case(2, MLA, ep=2)}
+#: and with tp 2 x dp 2 attention (experts fold over the tp ranks too: ep 2 x edp 2 with sequence parallelism;
+#: without it the tp ranks route the same tokens); latent attention with ep and tp; expert tensor parallelism
+#: (etp 2 alone, and ep 2 x etp 2 over tp 2 + sp ranks under ZeRO-3).
+WORLD2 = {"ep2": _case(2, ep=2), "mla_ep2": _case(2, MLA, ep=2), "etp2": _case(2, etp=2)}
 WORLD4 = {
     "ep2_dp4": _case(4, ep=2),
     "ep2_dp4_zero1": _case(4, ep=2, zero=1),
     "ep2_dp4_zero3": _case(4, ep=2, zero=3),
     "ep2_pp2": _case(4, ep=2, pp=2),
     "ep2_tp2_sp": _case(4, ep=2, tp=2, sequence_parallel=True),
-    "ep4_tp2_sp": _case(4, ep=4, tp=2, sequence_parallel=True),
     "ep2_tp2": _case(4, ep=2, tp=2),
     "mla_ep2_tp2_sp": _case(4, MLA, ep=2, tp=2, sequence_parallel=True),
+    "ep2_etp2_tp2_sp_zero3": _case(4, ep=2, etp=2, tp=2, sequence_parallel=True, zero=3),
 }
 
 
-def _params(par: object) -> dict[str, tuple[int, torch.Tensor]]:
-    """Local parameters by reference-model name (tensor-parallel ones gathered), each with the ep rank whose
-    slice it is (-1: not split over ep)."""
+def _params(par: object) -> dict[str, tuple[tuple[int, int] | None, torch.Tensor]]:
+    """Local parameters by reference-model name (tensor-parallel ones gathered), each with the (ep, etp) ranks
+    whose slice it is (None: not an expert parameter)."""
     from torch.distributed.tensor import DTensor
 
-    ep_rank = par.expert_mesh["ep"].get_local_rank()
+    where = (par.expert_mesh["ep"].get_local_rank(), par.expert_mesh["etp"].get_local_rank())
     out = {}
     for part in par.parts:
         module = getattr(part, "module", part)
@@ -70,7 +71,7 @@ def _params(par: object) -> dict[str, tuple[int, torch.Tensor]]:
             owner, _, attr = clean.rpartition(".")
             t = getattr(module.get_submodule(owner), attr)
             t = t.full_tensor() if isinstance(t, DTensor) else t
-            out[clean] = (ep_rank if id(p) in experts else -1, t.detach().cpu().clone())
+            out[clean] = (where if id(p) in experts else None, t.detach().cpu().clone())
     return out
 
 
@@ -89,14 +90,23 @@ def _run_layouts(rank: int, cases: dict[str, tuple[ModelSpec, ParallelConfig]]) 
 
 
 def _merge(ranks: list[dict[str, dict]], name: str) -> dict:
-    """Rank 0's losses (every rank's must agree) and full parameters: expert slices concatenated in ep order."""
+    """Rank 0's losses (every rank's must agree) and full parameters: expert slices concatenated over etp
+    along the expert width (w1, w3: dim 2; w2: dim 1), then over ep along the experts."""
     first = ranks[0][name]
-    slices: dict[str, dict[int, torch.Tensor]] = {}
+    slices: dict[str, dict] = {}
     for r in ranks:
         assert r[name]["losses"] == pytest.approx(first["losses"], rel=1e-6), "ranks disagree on the loss"
-        for pname, (ep_rank, t) in r[name]["params"].items():
-            slices.setdefault(pname, {})[ep_rank] = t
-    params = {n: torch.cat([s[k] for k in sorted(s)]) if -1 not in s else s[-1] for n, s in slices.items()}
+        for pname, (where, t) in r[name]["params"].items():
+            slices.setdefault(pname, {})[where] = t
+    params = {}
+    for pname, s in slices.items():
+        if None in s:
+            params[pname] = s[None]
+            continue
+        width_dim = 1 if pname.endswith("w2") else 2
+        eps = sorted({ep for ep, _ in s})
+        params[pname] = torch.cat([torch.cat([s[e, t] for t in sorted(t for ep, t in s if ep == e)], width_dim)
+                                   for e in eps])
     return {"losses": first["losses"], "params": params}
 
 

@@ -106,7 +106,7 @@ def parallelize(
         check_cp(spec, mesh["cp"], dev)
     emesh = None
     if spec.is_moe:
-        check_ep(cfg)
+        check_ep(spec, cfg)
         emesh = expert_mesh(mesh, cfg)
     model = build_model(spec, seq_len=seq_len, seed=seed)
     n_stages = cfg.pp * cfg.vpp
@@ -116,7 +116,7 @@ def parallelize(
     shard_mesh = dp_mesh if dp_mesh.ndim == 1 else dp_mesh["dp_shard"]
     for i, part in enumerate(parts):
         if emesh is not None:
-            apply_ep(part, emesh["ep"])
+            apply_ep(part, emesh)
         if cfg.tp > 1:
             apply_tp(part, mesh["tp"], sequence_parallel=cfg.sequence_parallel)
         apply_recompute(part, cfg.recompute, cfg.recompute_layers)

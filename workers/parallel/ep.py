@@ -7,7 +7,8 @@ Megatron-LM's MoE parallel folding (``megatron/core/transformer/moe/README.md``,
 layer's :class:`AllToAllExchange` sends every token copy to the rank of its expert: the per-expert counts
 first (``all_to_all_single`` of ``ep × E/ep`` integers), then the tokens with those split sizes; the
 received copies are regrouped by local expert, run through the grouped experts and sent back by the
-reverse all-to-all (torchtitan's ``expert_parallel.py`` token dispatch, the same two collectives).
+reverse all-to-all (torchtitan's ``expert_parallel.py`` token dispatch, the same two collectives). With
+``etp > 1`` each expert's width is split over the etp ranks as well (:mod:`workers.parallel.etp`).
 
 Gradients: dense parameters are averaged over ``dp · cp`` by DDP/FSDP as before. Expert parameters are
 replicated over ``edp`` only, so DDP leaves them out (:func:`ignore_experts_in_ddp`) and
@@ -35,8 +36,10 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from autotune.config import ParallelConfig
+from autotune.spec import ModelSpec
 from workers.model import GroupedExperts, MoE
 from workers.parallel.errors import UnsupportedLayout
+from workers.parallel.etp import gather_rows, reduce_rows, shard_expert_width
 from workers.parallel.zero import PRECISION_DTYPES, zero1_optimizer
 
 __all__ = [
@@ -45,11 +48,11 @@ __all__ = [
 ]
 
 
-def check_ep(cfg: ParallelConfig) -> None:
+def check_ep(spec: ModelSpec, cfg: ParallelConfig) -> None:
     """Raise :class:`UnsupportedLayout` for an expert layout this data plane cannot run."""
-    if cfg.etp > 1:
-        raise UnsupportedLayout(f"expert tensor parallelism (etp={cfg.etp}) is not implemented in the native-torch "
-                                "data plane (etp=1 runs every ep layout)")
+    if cfg.etp > 1 and spec.bias == "all":
+        raise UnsupportedLayout(f"expert tensor parallelism (etp={cfg.etp}) with expert biases (bias='all'): the "
+                                "row-parallel w2 bias is not split (etp=1 runs every ep layout)")
 
 
 def expert_mesh(mesh: DeviceMesh, cfg: ParallelConfig) -> DeviceMesh:
@@ -102,17 +105,22 @@ def _expert_major(recv: list[list[int]], device: torch.device) -> torch.Tensor:
 
 
 class AllToAllExchange:
-    """Token exchange of one MoE layer over the ep ``group`` of ``ep`` ranks.
+    """Token exchange of one MoE layer over the ep mesh, then within the etp mesh (:mod:`workers.parallel.etp`).
 
     ``load`` (the dry run's fake tensors have no values to count): the counts are not exchanged; every source
-    is assumed to send this ``rank``'s experts ``load`` times what this rank sends them (1: balanced routing;
-    the analytic model's busiest-rank allowance :func:`autotune.costmodel.moe.imbalance` for the worst rank).
+    is assumed to send this rank's experts ``load`` times what this rank sends them (1: balanced routing;
+    the analytic model's busiest-rank allowance :func:`autotune.costmodel.moe.imbalance` for the worst rank),
+    and every etp peer to receive as many as this rank.
     """
 
-    def __init__(self, group: Any, ep: int, rank: int, *, load: float | None = None) -> None:
-        self.group, self.ep, self.rank, self.load = group, ep, rank, load
+    def __init__(self, ep_mesh: DeviceMesh, etp_mesh: DeviceMesh, *, load: float | None = None) -> None:
+        self.group, self.ep, self.rank = ep_mesh.get_group(), ep_mesh.size(), ep_mesh.get_local_rank()
+        self.etp_group, self.etp, self.etp_rank = etp_mesh.get_group(), etp_mesh.size(), etp_mesh.get_local_rank()
+        self.load = load
 
     def _received_counts(self, send: list[list[int]], device: torch.device) -> list[list[int]]:
+        if self.ep == 1:
+            return send
         if self.load is not None:
             return [[math.ceil(n * self.load) for n in send[self.rank]]] * self.ep
         sent = torch.tensor(send, dtype=torch.long, device=device)
@@ -120,34 +128,54 @@ class AllToAllExchange:
         dist.all_to_all_single(got, sent, group=self.group)
         return got.tolist()
 
+    def _peer_counts(self, recv: list[list[int]], device: torch.device) -> list[list[list[int]]]:
+        if self.load is not None:
+            return [recv] * self.etp
+        mine = torch.tensor(recv, dtype=torch.long, device=device)
+        peers = [torch.empty_like(mine) for _ in range(self.etp)]
+        dist.all_gather(peers, mine, group=self.etp_group)
+        return [p.tolist() for p in peers]
+
     def __call__(self, tokens: torch.Tensor, counts: list[int], experts: GroupedExperts) -> torch.Tensor:
-        n_local = experts.n_experts
+        n_local, device = experts.n_experts, tokens.device
         send = [counts[r * n_local : (r + 1) * n_local] for r in range(self.ep)]
-        recv = self._received_counts(send, tokens.device)
+        recv = self._received_counts(send, device)
         in_splits, out_splits = [sum(row) for row in send], [sum(row) for row in recv]
-        received = _AllToAll.apply(tokens, out_splits, in_splits, self.group)
-        perm = _expert_major(recv, tokens.device)
-        per_expert = [sum(row[e] for row in recv) for e in range(n_local)]
+        received = _AllToAll.apply(tokens, out_splits, in_splits, self.group) if self.ep > 1 else tokens
+        blocks, sizes = recv, []
+        if self.etp > 1:
+            peers = self._peer_counts(recv, device)
+            sizes = [sum(map(sum, rows)) for rows in peers]
+            received = gather_rows(received, sizes, self.etp_rank, self.etp_group)
+            blocks = [row for rows in peers for row in rows]
+        perm = _expert_major(blocks, device)
+        per_expert = [sum(row[e] for row in blocks) for e in range(n_local)]
         out = experts(received.index_select(0, perm), per_expert)
-        back = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
-        return _AllToAll.apply(out.index_select(0, back), in_splits, out_splits, self.group)
+        back = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=device))
+        out = out.index_select(0, back)
+        if self.etp > 1:
+            out = reduce_rows(out, sizes, self.etp_rank, self.etp_group)
+        return _AllToAll.apply(out, in_splits, out_splits, self.group) if self.ep > 1 else out
 
 
-def apply_ep(chunk: nn.Module, ep_mesh: DeviceMesh, *, load: float | None = None) -> None:
-    """Keep this ep rank's slice of every MoE layer's experts in ``chunk`` and exchange tokens over
-    ``ep_mesh`` (1-D); a no-op for ``ep_mesh.size() == 1`` (all experts local). ``load``: see
-    :class:`AllToAllExchange`."""
-    ep = ep_mesh.size()
-    if ep == 1:
+def apply_ep(chunk: nn.Module, expert_mesh: DeviceMesh, *, load: float | None = None) -> None:
+    """Keep this rank's experts of every MoE layer in ``chunk`` (its ep rank's experts/ep, at its etp rank's
+    1/etp of their width) and exchange tokens over the ``("edp", "ep", "etp")`` ``expert_mesh``; a no-op when
+    ep = etp = 1 (all experts local and whole). ``load``: see :class:`AllToAllExchange`."""
+    ep_mesh, etp_mesh = expert_mesh["ep"], expert_mesh["etp"]
+    ep, etp = ep_mesh.size(), etp_mesh.size()
+    if ep == 1 and etp == 1:
         return
-    rank, group = ep_mesh.get_local_rank(), ep_mesh.get_group()
+    rank = ep_mesh.get_local_rank()
     for moe in moe_blocks(chunk):
         experts = moe.experts
         n_local = experts.n_experts // ep
         for name, p in list(experts.named_parameters(recurse=False)):
             local = p.detach()[rank * n_local : (rank + 1) * n_local].clone()
             setattr(experts, name, nn.Parameter(local, requires_grad=p.requires_grad))
-        moe.exchange = AllToAllExchange(group, ep, rank, load=load)
+        if etp > 1:
+            shard_expert_width(experts, etp_mesh.get_local_rank(), etp)
+        moe.exchange = AllToAllExchange(ep_mesh, etp_mesh, load=load)
 
 
 def ignore_experts_in_ddp(chunk: nn.Module) -> None:
