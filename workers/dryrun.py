@@ -13,7 +13,8 @@ How it runs (torchtitan's memory estimator, extended to every dimension of :clas
   gradients are fake tensors of the p2p shapes. The first and the last pipeline rank are run and the
   larger total is reported (the worst stage, as the analytic model does). Both are simulated from
   global rank 0's view of one process group: the stage is set by which chunks are built.
-* MoE layouts (:mod:`workers.parallel.ep`): this rank holds experts/ep routed experts, routes balanced
+* MoE layouts (:mod:`workers.parallel.ep`): this rank holds experts/ep routed experts (at 1/etp of their
+  width, :mod:`workers.parallel.etp`), routes balanced
   (:class:`~workers.dryrun_parts.BalancedMoE`) and exchanges tokens by all-to-all over the fake ep group.
 * The real tensor + sequence parallelism, activation recomputation and FSDP (ZeRO-2/3, HSDP) of
   :mod:`workers.parallel` are applied; logits stay vocabulary-sharded (``loss_parallel``).
