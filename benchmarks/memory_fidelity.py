@@ -19,7 +19,9 @@ and widths but 4 layers (Mixtral 8x7B, Qwen3-30B-A3B's 128 experts of 768, DeepS
 shared expert of 2048 with its first layer dense, with standard attention and with DeepSeek-V3's multi-head
 latent attention), over ep, etp, edp, ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep rank it
 simulates the analytic model's busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no
-tokens move and its experts see exactly k copies per token.
+tokens move and its experts see exactly k copies per token. Besides the dense grid's ZeRO-2 terms, the dry
+run's MLA stores V and the attention output zero-padded to the 192-wide query heads (128 wide in a kernel
+with native MLA head widths, about 1 % of a DeepSeek-V3 rank's memory).
 
 Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--moe] [--limit N] [--json out.json]``.
 """
