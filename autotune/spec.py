@@ -154,6 +154,11 @@ class ModelSpec(_Frozen):
             return 0
         return (self.layers - self.first_dense_layers - 1) // self.moe_every + 1
 
+    def is_moe_layer(self, i: int) -> bool:
+        """True when layer ``i`` (from 0) is an MoE layer: after ``first_dense_layers``, every ``moe_every``-th
+        (the layers :attr:`moe_layers` counts)."""
+        return self.is_moe and i >= self.first_dense_layers and (i - self.first_dense_layers) % self.moe_every == 0
+
     @property
     def expert_ffn(self) -> int:
         """Inner width of one routed expert."""

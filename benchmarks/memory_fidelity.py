@@ -15,7 +15,16 @@ recompute under TP + pipelining the backward peak carries bf16 weight gradients 
 materialises before the hook adds them into the fp32 main gradients (Megatron's gradient-accumulation
 fusion writes them straight into the main gradient).
 
-Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--limit N] [--models NAME ...] [--json out.json]``.
+MoE rows (``--moe``, :data:`MOE_GRID`): scaled-down mixture-of-experts models with their real expert counts
+and widths but 4 layers (Mixtral 8x7B, Qwen3-30B-A3B's 128 experts of 768, DeepSeek-V3's 256 routed + one
+shared expert of 2048 with its first layer dense, with standard attention and with DeepSeek-V3's multi-head
+latent attention), over ep, etp, edp, ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep rank it
+simulates the analytic model's busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no
+tokens move and its experts see exactly k copies per token. Besides the dense grid's ZeRO-2 terms, the dry
+run's MLA stores V and the attention output zero-padded to the 192-wide query heads (128 wide in a kernel
+with native MLA head widths, about 1 % of a DeepSeek-V3 rank's memory).
+
+Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--moe] [--limit N] [--models NAME ...] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -55,6 +64,33 @@ MODELS: dict[str, tuple[ModelSpec, TrainingSpec]] = {
     "minitron-4b/4": (_cut("minitron-4b", 4), TrainingSpec(seq_len=4096, global_batch=64)),
     "llama3-405b": (get_model("llama3-405b"), TrainingSpec(seq_len=8192, global_batch=256)),
 }
+_MIXTRAL = get_model("mixtral-8x7b")
+_MOE_TRAIN = TrainingSpec(seq_len=4096, global_batch=256)
+MODELS |= {
+    "mixtral-4l": (_MIXTRAL.model_copy(update={"name": "mixtral-4l", "layers": 4}), _MOE_TRAIN),
+    "qwen3moe-4l": (_MIXTRAL.model_copy(update={
+        "name": "qwen3moe-4l", "layers": 4, "hidden": 2048, "heads": 16, "kv_heads": 4, "ffn_hidden": 6144,
+        "vocab": 151936, "experts": 128, "experts_per_token": 8, "expert_ffn_hidden": 768}), _MOE_TRAIN),
+    "dsv3moe-4l": (_MIXTRAL.model_copy(update={
+        "name": "dsv3moe-4l", "layers": 4, "hidden": 7168, "heads": 56, "kv_heads": 8, "ffn_hidden": 18432,
+        "vocab": 129280, "experts": 256, "experts_per_token": 8, "expert_ffn_hidden": 2048, "shared_experts": 1,
+        "first_dense_layers": 1}), _MOE_TRAIN),
+    "dsv3-4l": (get_model("deepseek-v3").model_copy(update={"name": "dsv3-4l", "layers": 4, "first_dense_layers": 1}),
+                _MOE_TRAIN),
+}
+MOE_GRID: list[tuple[str, int, dict[str, Any]]] = [
+    ("mixtral-4l", 8, dict(zero=1)), ("mixtral-4l", 8, dict(ep=8, zero=1)), ("mixtral-4l", 8, dict(ep=2, zero=1)),
+    ("mixtral-4l", 8, dict(ep=4, zero=3)), ("mixtral-4l", 8, dict(ep=4, tp=2, zero=1, sequence_parallel=True)),
+    ("mixtral-4l", 16, dict(ep=8, pp=2, zero=1)),
+    ("qwen3moe-4l", 8, dict(ep=8, zero=1)), ("qwen3moe-4l", 16, dict(ep=16, zero=1)),
+    ("qwen3moe-4l", 8, dict(ep=4, tp=2, zero=1, sequence_parallel=True)), ("qwen3moe-4l", 16, dict(ep=8, pp=2)),
+    ("qwen3moe-4l", 8, dict(ep=8, zero=1, recompute="full")), ("qwen3moe-4l", 8, dict(ep=4, etp=2, zero=1)),
+    ("mixtral-4l", 8, dict(ep=4, etp=2, tp=2, zero=1, sequence_parallel=True)),
+    ("dsv3moe-4l", 64, dict(ep=64, zero=1)), ("dsv3moe-4l", 64, dict(ep=32, pp=2, zero=1)),
+    ("dsv3moe-4l", 16, dict(ep=16, zero=2)),
+    ("dsv3-4l", 64, dict(ep=64, zero=1)), ("dsv3-4l", 64, dict(ep=32, pp=2, zero=1)),
+    ("dsv3-4l", 32, dict(ep=16, tp=2, zero=1, sequence_parallel=True)),
+]
 # (model, gpus, layout keywords); global_batch=16 rows keep the all-forwards GPipe cases short.
 GRID: list[tuple[str, int, dict[str, Any]]] = [
     ("llama3-8b", 8, dict(zero=0)), ("llama3-8b", 8, dict(zero=1)), ("llama3-8b", 8, dict(zero=2)),
@@ -174,9 +210,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="Only the first N layouts.")
     ap.add_argument("--json", default=None, help="Also write the rows to this file.")
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=None, help="Only these models' rows.")
+    ap.add_argument("--moe", action="store_true", help="The mixture-of-experts grid instead of the dense one.")
     args = ap.parse_args()
     rows = []
-    for row in [r for r in GRID if args.models is None or r[0] in args.models][: args.limit]:
+    grid = MOE_GRID if args.moe else [r for r in GRID if args.models is None or r[0] in args.models]
+    for row in grid[: args.limit]:
         rows.append(compare(*row))
         print(line(rows[-1]), flush=True)
     summary(rows)

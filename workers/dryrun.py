@@ -13,6 +13,9 @@ How it runs (torchtitan's memory estimator, extended to every dimension of :clas
   gradients are fake tensors of the p2p shapes. The first and the last pipeline rank (and rank 1 when the
   stages are uneven) are run and the largest total is reported (the worst stage, as the analytic model
   does). Each is simulated from global rank 0's view of one process group: the stage is set by which chunks are built.
+* MoE layouts (:mod:`workers.parallel.ep`): this rank holds experts/ep routed experts (at 1/etp of their
+  width, :mod:`workers.parallel.etp`), routes balanced
+  (:class:`~workers.dryrun_parts.BalancedMoE`) and exchanges tokens by all-to-all over the fake ep group.
 * The real tensor + sequence parallelism, activation recomputation and FSDP (ZeRO-2/3, HSDP) of
   :mod:`workers.parallel` are applied; logits stay vocabulary-sharded (``loss_parallel``).
   DDP is not wrapped: its buckets are the gradient buffers below (``gradient_as_bucket_view``); ZeRO-1
@@ -69,6 +72,7 @@ from workers.dryrun_parts import (
     schedule_order,
 )
 from workers.parallel import UnsupportedLayout, cross_entropy
+from workers.parallel.ep import check_ep, expert_mesh, expert_params
 from workers.parallel.mesh import grad_mesh
 from workers.parallel.zero import PRECISION_DTYPES
 
@@ -120,26 +124,29 @@ def _run_ranks(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp
         mesh = init_device_mesh("cpu", (cfg.pp, cfg.dp, cfg.cp, cfg.tp), mesh_dim_names=("pp", "dp", "cp", "tp"))
         gmesh = grad_mesh(mesh["dp", "cp"]._flatten("dp_cp"), cfg)
         shard_mesh = gmesh if gmesh.ndim == 1 else gmesh["dp_shard"]
+        emesh = expert_mesh(mesh, cfg) if model.is_moe else None
         runs = {}
         for r in pp_ranks:
             # allow_non_fake_inputs: the DeviceMesh keeps its small real rank tensor (FSDP reads it).
             with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext(), \
                     _private_sharding_fake_mode():
-                runs[r] = _simulate(model, training, cfg, r, mesh, gmesh, shard_mesh, fused)
+                runs[r] = _simulate(model, training, cfg, r, mesh, gmesh, shard_mesh, emesh, fused)
         return runs
     finally:
         dist.destroy_process_group()
 
 
 def _simulate(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp_rank: int, mesh: Any,
-              gmesh: Any, shard_mesh: Any, fused: bool) -> dict[str, Any]:
+              gmesh: Any, shard_mesh: Any, emesh: Any, fused: bool) -> dict[str, Any]:
     precision = training.precision
     chunks, ids = build_chunks(model, cfg, seq_len=training.seq_len, precision=precision, pp_rank=pp_rank,
-                               mesh=mesh, shard_mesh=gmesh, fused=fused)
+                               mesh=mesh, shard_mesh=gmesh, fused=fused, expert_mesh=emesh)
     params = list({id(p): p for c in chunks for p in c.parameters()}.values())
+    experts = frozenset(id(p) for c in chunks for p in expert_params(c))
     state = MixedPrecisionState(params, precision=precision, grad_buffers=training.grad_buffers,
                                 optimizer=training.optimizer, zero=cfg.zero, n_shard=cfg.dp_shard,
-                                shard_rank=shard_mesh.get_local_rank())
+                                shard_rank=shard_mesh.get_local_rank(), experts=experts,
+                                expert_shard=(cfg.edp, emesh["edp"].get_local_rank()) if emesh else (1, 0))
     fsdp = cfg.zero >= 2 and len(chunks) == 1
     tracker = FSDPPeakTracker(chunks[0]) if fsdp else PeakTracker()
     n_stages, b, s, dtype = cfg.pp * cfg.vpp, cfg.micro_batch, training.seq_len, PRECISION_DTYPES[precision]
@@ -207,6 +214,8 @@ def dry_run(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, *,
     """
     if cfg.cp > 1:
         raise UnsupportedLayout("context parallelism is not dry-run (ring attention needs a real backend)")
+    if model.is_moe:
+        check_ep(model, cfg)
     if not fake and cfg.world != 1:
         raise ValueError(f"a real (fake=False) run needs world size 1, not {cfg.world}")
     uneven = cfg.pp_first_layers is not None or cfg.pp_last_layers is not None

@@ -6,12 +6,16 @@ kernels (the analytic model's assumption, Korthikanti et al. 2022) per token per
 * RMSNorm: the CPU composite upcasts to fp32 and saves fp32 copies (4h + 4h per norm); a fused
   kernel (Apex/TE, torch's CUDA ``_fused_rms_norm``) saves the bf16 input and one fp32 rstd per token.
 * SwiGLU: eager saves silu(w1·x) as well (+2f bytes); Megatron's fused ``bias_swiglu`` saves only
-  w1·x and w3·x and recomputes the silu in backward.
+  w1·x and w3·x and recomputes the silu in backward (in the routed and shared experts too).
 * SwiGLU's storage holds for GeGLU too (Megatron's ``bias_geglu`` saves both inputs).
 * GQA: ``repeat_interleave`` saves K and V expanded to all heads (4h instead of 4·g·d bytes);
   flash attention with native GQA (``enable_gqa``) saves the kv heads only. A sliding-window layer runs
   it causal: FlashAttention's ``window_size`` saves the same q, k, v, output and log-sum-exp, where the
   eager core's boolean (s, s) mask would be one more saved tensor.
+* MLA (value heads narrower than query/key heads, 128 vs 192 in DeepSeek-V3): torch's fused SDPA kernels
+  need one head width, and without one SDPA falls back to the math path that stores the s×s scores; V is
+  zero-padded to the query width instead (its copy and the output are then stored 192/128 wider, and
+  the counted FLOPs of P·V are those of the padded width).
 * Sequence parallelism: DTensor saves the all-gathered (b, s, h) inputs of the QKV and fc1 layers;
   Megatron (Korthikanti §4.2.2) saves the sequence shard and all-gathers again in backward —
   :func:`save_sequence_shards` does the same with saved-tensor hooks.
@@ -38,7 +42,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.utils._python_dispatch import _disable_current_modes
 
-from workers.model import Attention, AttentionCore, FeedForward
+from workers.model import Attention, AttentionCore, FeedForward, GroupedExperts
 
 __all__ = ["fuse", "geglu", "rms_norm", "save_sequence_shards", "swiglu", "vocab_parallel_cross_entropy"]
 
@@ -194,9 +198,18 @@ class _FusedFeedForward(FeedForward):
         return self.w2(glu(self.w1(x), self.w3(x)))
 
 
+class _FusedExperts(GroupedExperts):
+    def glu(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return swiglu(a, b)
+
+
 class _GQACore(AttentionCore):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        dv = v.shape[-1]
+        if dv == q.shape[-1]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        v = F.pad(v, (0, q.shape[-1] - dv))  # MLA: the fused kernel needs v as wide as q and k
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)[..., :dv]
 
 
 class _GQAAttention(Attention):
@@ -212,6 +225,8 @@ def fuse(chunk: nn.Module) -> nn.Module:
             module.__class__ = _FusedRMSNorm
         elif type(module) is FeedForward and module.w3 is not None:
             module.__class__ = _FusedFeedForward
+        elif type(module) is GroupedExperts and module.w3 is not None:
+            module.__class__ = _FusedExperts
         elif type(module) is Attention:
             module.__class__ = _GQAAttention
         elif type(module) is AttentionCore:

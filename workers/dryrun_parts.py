@@ -16,10 +16,17 @@ its schedule runs forwards and backwards, Megatron-style mixed-precision state, 
   rank's 1/N of each parameter (ZeRO-1: an even split as Megatron's distributed optimizer; ZeRO-2/3: the
   FSDP shard itself).
 * :class:`FlopCounter` sums torch's FLOP formulas over this rank's local ops.
+* MoE layers route with :class:`BalancedMoE` (fake tensors hold no scores to route by): every expert gets
+  the same share of this rank's token copies; expert parallelism (:func:`workers.parallel.ep.apply_ep`)
+  keeps this rank's experts and exchanges tokens over the fake group, this rank receiving the busiest
+  rank's load (:func:`autotune.costmodel.moe.imbalance` times its balanced share, the analytic allowance),
+  FSDP shards the experts over edp, and ZeRO-1 splits the experts' optimizer states over edp (Megatron's
+  distributed optimizer for expert parameters).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,17 +42,19 @@ from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from autotune.config import ParallelConfig
+from autotune.costmodel.moe import imbalance
 from autotune.pipeline import virtual_stage_layers
 from autotune.spec import ModelSpec
 from workers.dryrun_kernels import fuse
-from workers.model import Transformer
+from workers.model import MoE, Transformer
+from workers.parallel.ep import apply_ep, shard_experts
 from workers.parallel.recompute import apply_recompute
 from workers.parallel.tp import apply_tp
 from workers.parallel.zero import PRECISION_DTYPES, apply_fsdp
 
 __all__ = [
     "build_chunks", "schedule_order", "MixedPrecisionState", "PeakTracker", "FSDPPeakTracker", "FlopCounter",
-    "SDPA_FLOPS", "local",
+    "SDPA_FLOPS", "local", "BalancedMoE",
 ]
 
 
@@ -59,20 +68,34 @@ def _chunk(spec: ModelSpec, seq_len: int, stage: int, sizes: list[int], dtype: t
     (a stage of 0 blocks, e.g. the first virtual stage of an uneven split, keeps only its ends)."""
     n_stages = len(sizes)
     tied = spec.tied_embeddings and n_stages == 1
-    sub = spec.model_copy(update={"layers": max(sizes[stage], 1), "tied_embeddings": tied})
+    sub = spec.model_copy(update={"tied_embeddings": tied})
+    start = sum(sizes[:stage])
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        chunk = Transformer(sub, seq_len)
+        chunk = Transformer(sub, seq_len, layer_ids=range(start, start + sizes[stage]))
     finally:
         torch.set_default_dtype(previous)
-    if sizes[stage] == 0:
-        chunk.layers.clear()
     if stage > 0:
         chunk.tok_embeddings = chunk.pos_embeddings = None
     if stage < n_stages - 1:
         chunk.norm = chunk.output = None
     return chunk
+
+
+class BalancedMoE(MoE):
+    """An :class:`~workers.model.MoE` whose routing ignores the scores: the ``n`` token copies go in order to
+    the experts, ``n / experts`` each (the remainder one more to the first experts), capped at the capacity
+    when the spec sets a capacity factor. Same shapes and data flow as the scored routing."""
+
+    def route(self, expert_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        n, e = expert_ids.numel(), self.n_experts
+        counts = [n // e + (i < n % e) for i in range(e)]
+        kept = counts if self.capacity_factor is None else [min(c, math.ceil(self.capacity_factor * n / e))
+                                                            for c in counts]
+        starts = [sum(counts[:i]) for i in range(e)]
+        order = torch.cat([torch.arange(s, s + k, device=expert_ids.device) for s, k in zip(starts, kept, strict=True)])
+        return order, kept
 
 
 def _apply_tp(chunk: Transformer, tp_mesh: DeviceMesh, sp: bool) -> None:
@@ -88,9 +111,11 @@ def _apply_tp(chunk: Transformer, tp_mesh: DeviceMesh, sp: bool) -> None:
 
 
 def build_chunks(spec: ModelSpec, cfg: ParallelConfig, *, seq_len: int, precision: str, pp_rank: int,
-                 mesh: DeviceMesh, shard_mesh: DeviceMesh, fused: bool = True) -> tuple[list[Transformer], list[int]]:
+                 mesh: DeviceMesh, shard_mesh: DeviceMesh, fused: bool = True,
+                 expert_mesh: DeviceMesh | None = None) -> tuple[list[Transformer], list[int]]:
     """This pipeline rank's chunks (one, or ``vpp`` for interleaving) and their stage ids, parallelized;
-    ``fused`` gives them fused-kernel storage (:func:`workers.dryrun_kernels.fuse`)."""
+    ``fused`` gives them fused-kernel storage (:func:`workers.dryrun_kernels.fuse`); an MoE model's
+    experts are split over ``expert_mesh`` (``("edp", "ep", "etp")``)."""
     sizes = virtual_stage_layers(spec.layers, cfg.pp, cfg.vpp, cfg.pp_first_layers, cfg.pp_last_layers)
     ids = [pp_rank + v * cfg.pp for v in range(cfg.vpp)]
     dtype = PRECISION_DTYPES[precision]
@@ -99,11 +124,18 @@ def build_chunks(spec: ModelSpec, cfg: ParallelConfig, *, seq_len: int, precisio
         chunk = _chunk(spec, seq_len, i, sizes, dtype)
         if fused:
             fuse(chunk)
+        if expert_mesh is not None:
+            for m in chunk.modules():
+                if type(m) is MoE:
+                    m.__class__ = BalancedMoE
+            apply_ep(chunk, expert_mesh, load=imbalance(spec))
         if cfg.tp > 1:
             _apply_tp(chunk, mesh["tp"], cfg.sequence_parallel)
         apply_recompute(chunk, cfg.recompute, cfg.recompute_layers)
         if cfg.zero >= 2:
             with unset_fake_temporarily():  # FSDP over TP computes mesh coordinates on real tensors
+                if expert_mesh is not None:
+                    shard_experts(chunk, expert_mesh["edp"], cfg)
                 apply_fsdp(chunk, shard_mesh, zero=cfg.zero)
         chunks.append(chunk)
     return chunks, ids
@@ -144,12 +176,14 @@ class MixedPrecisionState:
     low-precision ones keep gradient buffers per ``grad_buffers`` (fp32 4 B, low 2 B, both 6 B) and fp32
     master + two moments (12 B). States cover this rank's 1/``n_shard`` of each parameter under ZeRO-1
     (an even split, as Megatron's distributed optimizer) and the whole local tensor otherwise (under
-    ZeRO-2/3 FSDP's parameters are already shards). SGD keeps no moments. :meth:`attach` installs the
-    hooks that add each ``.grad`` into its buffers and free it.
+    ZeRO-2/3 FSDP's parameters are already shards); the parameters in ``experts`` split over
+    ``expert_shard`` = (edp, this rank's edp index) instead. SGD keeps no moments. :meth:`attach` installs
+    the hooks that add each ``.grad`` into its buffers and free it.
     """
 
     def __init__(self, params: list[nn.Parameter], *, precision: str, grad_buffers: str, optimizer: str,
-                 zero: int, n_shard: int, shard_rank: int) -> None:
+                 zero: int, n_shard: int, shard_rank: int, experts: frozenset[int] = frozenset(),
+                 expert_shard: tuple[int, int] = (1, 0)) -> None:
         self.params = params
         self.master = precision != "fp32"
         kinds = {"fp32": [torch.float32], "low": [None], "both": [None, torch.float32]}[grad_buffers]
@@ -161,8 +195,9 @@ class MixedPrecisionState:
             x = local(p)
             self.grads[p] = [torch.zeros(x.shape, dtype=k or x.dtype) for k in (kinds if self.master else [None])]
             n = x.numel()
-            part = -(-n // n_shard) if zero == 1 else n
-            lo = min(n, shard_rank * part) if zero == 1 else 0
+            n_sh, rank = expert_shard if id(p) in experts else (n_shard, shard_rank)
+            part = -(-n // n_sh) if zero == 1 else n
+            lo = min(n, rank * part) if zero == 1 else 0
             self.slices[p] = slice(lo, min(n, lo + part))
             self.states[p] = [torch.zeros(self.slices[p].stop - lo, dtype=torch.float32) for _ in range(n_states)]
         self._hooks: list[Any] = []

@@ -19,6 +19,7 @@ from workers.model import Transformer, synthetic_batch
 from workers.parallel import Parallelized, cross_entropy
 from workers.parallel.cp import cp_context
 from workers.parallel.dp import maybe_no_sync
+from workers.parallel.ep import expert_zero1_optimizer, sync_expert_grads
 from workers.parallel.zero import PRECISION_DTYPES, zero1_optimizer
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "train_step"]
@@ -28,7 +29,8 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.AdamW,
 
 
 def build_optimizer(par: Parallelized, name: str = "adam", **kwargs: Any) -> torch.optim.Optimizer:
-    """The optimizer over this rank's parameters; ZeRO-1 shards its states over the shard group.
+    """The optimizer over this rank's parameters; ZeRO-1 shards its states over the shard group (with ep > 1
+    the experts' over their edp group, :func:`workers.parallel.ep.expert_zero1_optimizer`).
 
     A shard group of one rank has nothing to shard: the plain optimizer is used (and
     ZeroRedundancyOptimizer's broadcasts, which DTensor parameters cannot take, are avoided).
@@ -36,6 +38,9 @@ def build_optimizer(par: Parallelized, name: str = "adam", **kwargs: Any) -> tor
     cls = OPTIMIZERS[name]
     if par.cfg.zero != 1 or par.shard_mesh.size() == 1:
         return cls(par.parameters(), **kwargs)
+    if par.expert_mesh is not None and par.cfg.ep > 1:
+        return expert_zero1_optimizer(par.parts, par.parameters(), par.shard_mesh, par.expert_mesh["edp"], cls,
+                                      **kwargs)
     return zero1_optimizer(par.parameters(), par.shard_mesh, cls, **kwargs)
 
 
@@ -89,6 +94,8 @@ def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, step: int, *
     optimizer.zero_grad(set_to_none=True)
     with _autocast(par):
         local = _forward_backward(par, inputs, labels)
+    if par.expert_mesh is not None:
+        sync_expert_grads(par.parts, par.expert_mesh["edp"], par.cfg)
     optimizer.step()
     holders = par.cfg.dp * par.cfg.cp * par.cfg.tp
     loss = (local if local is not None else torch.zeros((), device=par.device)).float().reshape(1)

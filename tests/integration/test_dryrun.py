@@ -90,3 +90,13 @@ def test_estimate_cli_dryrun_json() -> None:
     assert {"memory_gib", "capacity_gib", "fits", "worst_stage"} <= set(analytic) & set(out)
     bad = CliRunner().invoke(app, args[:-3] + ["--fidelity", "measure"])
     assert isinstance(bad.exception, SpecError) and "fidelity" in str(bad.exception)
+
+
+def test_ep_rank_holds_its_experts_and_shards_expert_states_over_edp() -> None:
+    # tiny-moe (1,474,688 params, 884,736 of them routed experts) on 4 ranks, ep 2 x edp 2, ZeRO-1, bf16:
+    # a rank keeps 4 of 8 experts: 1,032,320 params -> 2,064,640 B of bf16 weights and 4,129,280 B of fp32
+    # main gradients. Optimizer (fp32 master + 2 Adam moments, 12 B): the 589,952 dense params over dp = 4
+    # (1,769,856 B) and its 442,368 expert params over edp = 2 (2,654,208 B) -> 4,424,064 B.
+    moe = get_model("tiny-moe")
+    mem = dry_run(moe, TRAIN, derive(moe, TRAIN, 4, ep=2, zero=1))["memory_bytes"]
+    assert (mem["weights"], mem["gradients"], mem["optimizer"]) == (2_064_640, 4_129_280, 4_424_064)

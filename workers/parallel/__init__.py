@@ -1,8 +1,9 @@
 """Native-torch parallelisms composed from one :class:`~autotune.config.ParallelConfig`.
 
 :func:`parallelize` builds the reference model and applies, in torchtitan's fixed order (as in
-``parallelize_llama``): pipeline split → tensor (+ sequence) parallel → activation recompute →
-data parallel / ZeRO (DDP, ZeRO-1 optimizer sharding, FSDP2 for ZeRO-2/3, HSDP). Context parallelism
+``parallelize_llama``): pipeline split → expert parallel → tensor (+ sequence) parallel → activation recompute →
+data parallel / ZeRO (DDP, ZeRO-1 optimizer sharding, FSDP2 for ZeRO-2/3, HSDP); experts are data-parallel
+over their own ``edp`` group (:mod:`workers.parallel.ep`). Context parallelism
 is applied per step by :mod:`workers.train_step`. One file per parallelism, each ≤ 300 lines.
 """
 
@@ -22,6 +23,7 @@ from autotune.spec import ModelSpec
 from workers.model import build_model
 from workers.parallel.cp import check_cp
 from workers.parallel.dp import apply_ddp
+from workers.parallel.ep import apply_ep, check_ep, expert_mesh, ignore_experts_in_ddp, shard_experts
 from workers.parallel.errors import UnsupportedLayout
 from workers.parallel.mesh import build_mesh, device, grad_mesh
 from workers.parallel.pp import build_schedule, split_model, stage_ids
@@ -49,6 +51,8 @@ class Parallelized:
     """The flattened 1-D ``dp_cp`` mesh gradients are averaged over."""
     shard_mesh: DeviceMesh
     """The 1-D mesh ZeRO shards over: ``dp_mesh``, or its ``dp_shard`` dim for HSDP."""
+    expert_mesh: DeviceMesh | None
+    """The ``("edp", "ep", "etp")`` mesh of the experts (MoE models), None for a dense model."""
     parts: list[nn.Module]
     """Local model chunks: one, or ``vpp`` pipeline stages (wrapped by DDP/FSDP/checkpointing)."""
     stage_ids: list[int]
@@ -101,6 +105,10 @@ def parallelize(
         check_tp(spec, cfg.tp)
     if cfg.cp > 1:
         check_cp(spec, mesh["cp"], dev)
+    emesh = None
+    if spec.is_moe:
+        check_ep(spec, cfg)
+        emesh = expert_mesh(mesh, cfg)
     model = build_model(spec, seq_len=seq_len, seed=seed)
     n_stages = cfg.pp * cfg.vpp
     ids = stage_ids(mesh["pp"].get_local_rank(), cfg.pp, cfg.vpp) if n_stages > 1 else [0]
@@ -109,12 +117,18 @@ def parallelize(
     dp_mesh = grad_mesh(flat, cfg)
     shard_mesh = dp_mesh if dp_mesh.ndim == 1 else dp_mesh["dp_shard"]
     for i, part in enumerate(parts):
+        if emesh is not None:
+            apply_ep(part, emesh)
         if cfg.tp > 1:
             apply_tp(part, mesh["tp"], sequence_parallel=cfg.sequence_parallel)
         apply_recompute(part, cfg.recompute, cfg.recompute_layers)
         if cfg.zero >= 2:
+            if emesh is not None:
+                shard_experts(part, emesh["edp"], cfg, precision=precision)
             apply_fsdp(part, dp_mesh, zero=cfg.zero, precision=precision)
         elif cfg.dp * cfg.cp > 1:
+            if emesh is not None:
+                ignore_experts_in_ddp(part)
             parts[i] = apply_ddp(part, flat, pipelined=n_stages > 1)
     schedule = None
     if n_stages > 1:
@@ -134,6 +148,7 @@ def parallelize(
         mesh=mesh,
         dp_mesh=flat,
         shard_mesh=shard_mesh,
+        expert_mesh=emesh,
         parts=parts,
         stage_ids=ids,
         schedule=schedule,
