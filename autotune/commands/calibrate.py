@@ -61,15 +61,22 @@ def _field_list(text: str | None, allowed: dict[str, Any], what: str) -> list[st
     return check_fields([n.strip() for n in text.split(",") if n.strip()], allowed, what)
 
 
+def _print_before_after(source: dict[str, Any], stack: bool) -> None:
+    """A study refit's errors before and after, then each fitted field's old and new value."""
+    for when in ("before", "after"):
+        e = source[when]
+        head = f"rms log error {e['rms_log_error']:.4f}, " if stack else ""
+        tail = "" if stack else f" over {e['n']} measured layouts"
+        console.print(f"  {when:6s}: {head}median |error| {e['median_abs_rel_error']:.1%}, Kendall tau "
+                      f"{e['kendall_tau']:.3f}{tail}")
+    for name, v in source["fields"].items():
+        console.print(f"  {name}: {v['before']:.4g} -> {v['after']:.4g}")
+
+
 def _print_stack_fit(profile: Any, source: dict[str, Any]) -> None:
     console.print(f"stored stack profile [bold]{profile.ref}[/bold] (from {profile.base}, study {source['study']}: "
                   f"{source['rows']} measured trials, GPU profile {source['gpu']} fixed)")
-    for when in ("before", "after"):
-        e = source[when]
-        console.print(f"  {when:6s}: rms log error {e['rms_log_error']:.4f}, median |error| "
-                      f"{e['median_abs_rel_error']:.1%}, Kendall tau {e['kendall_tau']:.3f}")
-    for name, v in source["fields"].items():
-        console.print(f"  {name}: {v['before']:.4g} -> {v['after']:.4g}")
+    _print_before_after(source, stack=True)
 
 
 def _print_fit(profile: Any, source: dict[str, Any]) -> None:
@@ -78,12 +85,7 @@ def _print_fit(profile: Any, source: dict[str, Any]) -> None:
         return
     console.print(f"stored profile [bold]{profile.ref}[/bold] (from {profile.base}, {source['kind']})")
     if source["kind"] == "study":
-        for when in ("before", "after"):
-            e = source[when]
-            console.print(f"  {when:6s}: median |error| {e['median_abs_rel_error']:.1%}, Kendall tau "
-                          f"{e['kendall_tau']:.3f} over {e['n']} measured layouts")
-        for name, v in source["fields"].items():
-            console.print(f"  {name}: {v['before']:.4g} -> {v['after']:.4g}")
+        _print_before_after(source, stack=False)
         return
     f = profile.fields
     console.print(f"  peak_tflops {f['peak_tflops']}, gemm_eff_max {f['gemm_eff_max']:.3f}, gemm_k_dim "

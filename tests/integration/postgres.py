@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.integration.aptkit import apt_install
+
 __all__ = ["Server", "Unavailable", "start", "stop", "USER", "PASSWORD"]
 
 USER, PASSWORD = "autotune", "s3cret-pw"
@@ -48,18 +50,9 @@ def _bindir() -> Path | None:
 
 
 def _install() -> Path:
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise Unavailable("PostgreSQL server binaries are missing and cannot be installed (needs root and apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for step, cmd in (("update", ["apt-get", "update"]),
-                      ("install", ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"])):
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S[step],
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as e:
-            raise Unavailable(f"apt-get {step} timed out after {e.timeout} s") from e
-        if proc.returncode:
-            raise Unavailable(f"apt-get {step} failed: {proc.stderr.strip()[-300:]}")
+    failed = apt_install("postgresql", APT_TIMEOUT_S)
+    if failed:
+        raise Unavailable(failed)
     bindir = _bindir()
     if bindir is None:
         raise Unavailable("apt-get installed postgresql but no /usr/lib/postgresql/*/bin/pg_ctl was found")

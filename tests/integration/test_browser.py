@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 
 from autotune.results.render import layout_summary
 from tests.integration import servicekit
+from tests.integration.aptkit import apt_install
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
 
@@ -48,18 +48,9 @@ def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("no chromium on PATH and it cannot be installed here (needs root and apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for step, cmd in (("update", ["apt-get", "update"]),
-                      ("install", ["apt-get", "install", "-y", "--no-install-recommends", "chromium"])):
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S[step],
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"apt-get {step} chromium timed out after {APT_TIMEOUT_S[step]} s")
-        if proc.returncode:
-            pytest.skip(f"apt-get {step} chromium failed: {proc.stderr.strip()[-300:]}")
+    failed = apt_install("chromium", APT_TIMEOUT_S)
+    if failed:
+        pytest.skip(f"no chromium on PATH: {failed}")
     return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
 
 

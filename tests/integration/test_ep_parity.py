@@ -17,15 +17,15 @@ import torch
 from autotune.catalog import get_model
 from autotune.config import ParallelConfig, derive
 from autotune.spec import ModelSpec, TrainingSpec
+from tests.integration.paritykit import BATCH, LR, SEED, SEQ, STEPS, reference_run
 from workers.launch import run_ranks
-from workers.model import build_model, synthetic_batch
-from workers.parallel import cross_entropy, parallelize
+from workers.model import build_model
+from workers.parallel import parallelize
 from workers.parallel.ep import expert_params
 from workers.train_step import build_optimizer, train_step
 
 pytestmark = pytest.mark.slow
 
-SEQ, BATCH, STEPS, SEED, LR = 16, 4, 2, 3, 0.5
 LOSS_RTOL, PARAM_ATOL = 1e-6, 1e-6
 MOE = get_model("tiny-moe")
 #: tiny-moe with multi-head latent attention (DeepSeek-V2's shapes, scaled down).
@@ -117,23 +117,9 @@ def results() -> dict[str, dict]:
     return {n: _merge(ranks2, n) for n in WORLD2} | {n: _merge(ranks4, n) for n in WORLD4}
 
 
-def _reference(spec: ModelSpec) -> tuple[list[float], dict[str, torch.Tensor]]:
-    model = build_model(spec, seq_len=SEQ, seed=SEED)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    losses = []
-    for step in range(STEPS):
-        inputs, labels = synthetic_batch(spec.vocab, SEQ, BATCH, step, SEED)
-        opt.zero_grad()
-        loss = cross_entropy(model(inputs), labels)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
 @pytest.fixture(scope="module")
 def references() -> dict[str, tuple[list[float], dict[str, torch.Tensor]]]:
-    return {spec.name: _reference(spec) for spec in (MOE, MLA)}
+    return {spec.name: reference_run(spec) for spec in (MOE, MLA)}
 
 
 @pytest.mark.parametrize("name", list(WORLD2 | WORLD4))

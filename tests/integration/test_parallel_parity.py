@@ -16,14 +16,13 @@ import torch
 from autotune.catalog import get_model
 from autotune.config import ParallelConfig, derive
 from autotune.spec import ModelSpec, TrainingSpec
+from tests.integration.paritykit import BATCH, LR, SEED, SEQ, STEPS, reference_run
 from workers.launch import run_ranks
-from workers.model import build_model, synthetic_batch
-from workers.parallel import UnsupportedLayout, cross_entropy, parallelize
+from workers.parallel import UnsupportedLayout, parallelize
 from workers.train_step import build_optimizer, train_step
 
 pytestmark = pytest.mark.slow
 
-SEQ, BATCH, STEPS, SEED, LR = 16, 4, 2, 3, 0.5
 LOSS_RTOL, PARAM_ATOL = 1e-6, 1e-6
 LLAMA = get_model("tiny")
 GPT = ModelSpec(
@@ -113,21 +112,6 @@ def _run_layouts(rank: int, cases: dict[str, tuple[ModelSpec, ParallelConfig, st
     return out
 
 
-def _reference(spec: ModelSpec) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Single process: the whole global batch in one forward, same seeds and optimizer."""
-    model = build_model(spec, seq_len=SEQ, seed=SEED)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    losses = []
-    for step in range(STEPS):
-        inputs, labels = synthetic_batch(spec.vocab, SEQ, BATCH, step, SEED)
-        opt.zero_grad()
-        loss = cross_entropy(model(inputs), labels)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
 def _merge(ranks: list[dict[str, dict]], name: str) -> dict:
     """One layout's result: rank 0's losses (all ranks agree) and the union of every rank's parameters."""
     first = ranks[0][name]
@@ -151,7 +135,7 @@ def results() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def references() -> dict[str, tuple[list[float], dict[str, torch.Tensor]]]:
-    return {spec.name: _reference(spec) for spec in (LLAMA, GPT)}
+    return {spec.name: reference_run(spec) for spec in (LLAMA, GPT)}
 
 
 FP32 = [n for n, case in (WORLD2 | WORLD4).items() if case[3] == "fp32" and n not in UNSUPPORTED_ON_CPU]
