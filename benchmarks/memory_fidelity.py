@@ -9,8 +9,9 @@ Totals exclude the GPU profile's fixed ``overhead_gib`` (the same constant on bo
 is that of the terms the models compute. The GPT-3 model is built without dropout: the reference
 transformer has no dropout layers, so the dry run could not see the masks.
 
-Terms the analytic model does not see (the layouts outside 5 %): torch FSDP's ZeRO-2 keeps the sharded
-bf16 weights beside the gathered ones (+2Ψ/N) and its all-gather/reduce-scatter buffers; and with full
+Terms the analytic model does not see (the layouts outside 5 %): torch FSDP's ZeRO-2 all-gather/reduce-scatter
+buffers (the dry run leaves out FSDP's bf16 shard of its bf16 parameters, a copy no stack keeps beside the
+gathered weights: :mod:`workers.dryrun`); and with full
 recompute under TP + pipelining the backward peak carries bf16 weight gradients that autograd
 materialises before the hook adds them into the fp32 main gradients (Megatron's gradient-accumulation
 fusion writes them straight into the main gradient).
@@ -20,9 +21,23 @@ and widths but 4 layers (Mixtral 8x7B, Qwen3-30B-A3B's 128 experts of 768, DeepS
 shared expert of 2048 with its first layer dense, with standard attention and with DeepSeek-V3's multi-head
 latent attention), over ep, etp, edp, ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep rank it
 simulates the analytic model's busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no
-tokens move and its experts see exactly k copies per token. Besides the dense grid's ZeRO-2 terms, the dry
-run's MLA stores V and the attention output zero-padded to the 192-wide query heads (128 wide in a kernel
-with native MLA head widths, about 1 % of a DeepSeek-V3 rank's memory).
+tokens move and its experts see exactly k copies per token. What remains outside 5 % and why (the dry run's tensors
+at its peak, sized by hand):
+
+- Mixtral-4l ep 8 pp 2 (-6.9 %): both models find the first stage the worst (dry run 13.0 GiB against
+  10.7 GiB on the last, whose loss is not the cause); the gap is the dry run's 0.74 GiB of ``other`` at the
+  first backward, the working set of one MoE layer's expert backward: the gradients of the two SwiGLU inputs
+  of the rank's routed copies (2 · 2 B · copies · f_e = 0.55 GiB for 1.25 · 2 · 4,096 copies of width
+  14,336), the grouped GEMM's stacked weight-gradient temporary of the local expert (h · f_e · 2 B =
+  0.11 GiB) and the copies' input gradient (0.08 GiB), 0.73 GiB in all. The analytic model counts no
+  backward working set on a stage without the loss (on a single stage the logits, larger, cover it);
+  Megatron-LM's grouped GEMM accumulates weight gradients into the main gradient, but its activation
+  gradients are the same size.
+- DeepSeek-V3-4l with MLA, ep 64 (-5.2 %): the dry run's fused SDPA on CPU needs V as wide as Q and K, so
+  it stores V and the attention output zero-padded from 128 to 192 per head and, for the output
+  projection, a compact copy of the 128-wide slice: 2 · a · (64 + 64 + 128) B per token and layer more than
+  a kernel with native MLA widths stores (Q, K, V and one output, the analytic 2 · a · (2 · 192 + 2 · 128)),
+  1.0 GiB or 2.5 % of the rank; the rest is the MoE activation gap the DeepSeek-MoE rows show (about -3 %).
 
 Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--moe] [--limit N] [--models NAME ...] [--json out.json]``.
 """

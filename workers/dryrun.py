@@ -27,6 +27,12 @@ How it runs (torchtitan's memory estimator, extended to every dimension of :clas
   MixedPrecisionState`. torch's own FSDP ``MixedPrecisionPolicy`` keeps fp32 sharded parameters as the
   master (4 + 4 + 8 = 16 B/param instead of 2 + 4 + 12 = 18 B); the measure fidelity's autocast path
   keeps fp32 weights and caches bf16 copies for the step. Neither is what this dry run reports.
+  ZeRO-2 (FSDP without resharding after forward) holds the gathered bf16 weights (2Ψ) from forward to
+  backward; FSDP shards the dry run's bf16 parameters, so it also holds their bf16 shard (2Ψ/N), a copy no
+  stack keeps: FSDP2's ``MixedPrecisionPolicy`` gathers from the fp32 sharded parameter, which is the master,
+  and DeepSpeed's ZeRO-2 keeps whole bf16 weights beside an fp32 master partition (Rajbhandari et al. 2020,
+  2Ψ + 14Ψ/N with bf16 gradients). That shard is left out (the fp32 master is in the optimizer states): with
+  ep > 1 and one expert data-parallel rank it is every routed expert again.
 * Gradient buffers and optimizer states exist for the whole step (steady state): they are allocated
   before the step and registered with torch's MemTracker / FSDPMemTracker, which measure everything at
   the peak: weights, gradients, optimizer states, activations (what autograd saves, including
@@ -192,6 +198,8 @@ def _simulate(model: ModelSpec, training: TrainingSpec, cfg: ParallelConfig, pp_
         if ref == "Total":
             continue
         name = ref.name
+        if name == "SHARDED_PARAM" and cfg.zero == 2:
+            continue  # the stand-in for the fp32 master's shard, which the optimizer states already count
         key = _CATEGORY.get(name, "other")
         if name == "UNSHARDED_PARAM" and cfg.zero == 2:
             key = "weights"

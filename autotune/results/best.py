@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from autotune.costmodel.reliability import EXPECTED_KEYS
@@ -12,7 +13,8 @@ from autotune.spec import FIDELITIES, parse_spec
 from autotune.store.storage import EvaluationRecord, Storage
 from autotune.study.resolve import study_stack
 
-__all__ = ["FIDELITY_RANK", "best_report", "why_lost", "pareto_front", "fidelity_comparison", "fidelity_labels"]
+__all__ = ["FIDELITY_RANK", "best_report", "why_lost", "part_deltas", "ep_bought", "pareto_front",
+           "fidelity_comparison", "fidelity_labels"]
 
 #: Higher is more trustworthy: ``best`` ranks by the highest fidelity that has a successful result.
 FIDELITY_RANK = {name: rank for rank, name in enumerate(FIDELITIES)}
@@ -32,15 +34,58 @@ def fidelity_labels(fidelity: str, metrics: dict[str, Any]) -> dict[str, str | N
     return {"memory_fidelity": memory, "time_fidelity": time}
 
 
+def part_deltas(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """``b - a`` for every part of two breakdowns (time or memory), in ``a``'s order; a part one side lacks
+    counts as 0 there."""
+    return {k: b.get(k, 0.0) - a.get(k, 0.0) for k in dict.fromkeys([*a, *b])}
+
+
 def why_lost(best: dict[str, Any], other: dict[str, Any]) -> str:
     """The time term by which ``other`` is slowest relative to ``best`` (per optimizer step)."""
     a, b = best.get("time_breakdown_s", {}), other.get("time_breakdown_s", {})
     if not a or not b:
         return f"step {other['step_time_s']:.3f} s vs {best['step_time_s']:.3f} s"
-    term = max(a, key=lambda k: b.get(k, 0.0) - a[k])
-    delta = b.get(term, 0.0) - a[term]
+    deltas = part_deltas(a, b)
+    term = max(deltas, key=lambda k: deltas[k])
+    delta = deltas[term]
     slower = other["step_time_s"] / best["step_time_s"] - 1 if best["step_time_s"] else 0.0
     return f"{term} +{delta:.3f} s/step ({slower:+.1%} step time)"
+
+
+def ep_bought(unique: list[EvaluationRecord], storage: Storage, study: str,
+              command: Callable[[dict[str, Any]], str | None]) -> dict[str, Any] | None:
+    """What the winner's expert parallelism bought (None unless the winner ``unique[0]`` has ep > 1).
+
+    ``unique`` holds a study's fitting rows at its top fidelity, best first, one per layout. The baseline is the
+    fastest of them with ep = 1, else with the smallest ep below the winner's that has a fitting layout;
+    ``step_time_s``, ``time_breakdown_s`` and ``memory_gib`` are winner minus baseline (negative: what the
+    winner's ep saved), ``lost_by`` is :func:`why_lost` of the baseline. When no ep = 1 layout fits,
+    ``ep1_rejected`` counts the ep = 1 rows and their most common rejection reason. ``command(layout)`` gives
+    the baseline's ``estimate_command``.
+    """
+    best = unique[0]
+    ep = best.layout.get("ep", 1)
+    if ep <= 1:
+        return None
+    eps = sorted({r.layout.get("ep", 1) for r in unique if r.layout.get("ep", 1) < ep})
+    out: dict[str, Any] = {"ep": ep, "versus_ep": eps[0] if eps else None}
+    if not eps or eps[0] != 1:
+        total, reasons = storage.rejection_counts_where(study, lambda layout: layout.get("ep", 1) == 1)
+        top = reasons.most_common(1)
+        out["ep1_rejected"] = {"count": total, "top_reason": top[0][0] if top else None,
+                               "top_reason_count": top[0][1] if top else 0}
+    if not eps:
+        return out | {"baseline": None}
+    base = next(r for r in unique if r.layout.get("ep", 1) == eps[0])
+    b, m = best.metrics, base.metrics
+    return out | {
+        "baseline": {"trial": base.trial, "config": base.layout, "metrics": _metrics_view(m),
+                     "estimate_command": command(base.layout)},
+        "step_time_s": b["step_time_s"] - m["step_time_s"],
+        "time_breakdown_s": part_deltas(m.get("time_breakdown_s") or {}, b.get("time_breakdown_s") or {}),
+        "memory_gib": part_deltas(m["memory_gib"], b["memory_gib"]),
+        "lost_by": why_lost(b, m),
+    }
 
 
 def _metrics_view(m: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +168,9 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
                         "metrics": _metrics_view(r.metrics), "lost_by": why_lost(best.metrics, r.metrics)}
                        for r in unique[1:top + 1]],
     }
+    bought = ep_bought(unique, storage, study, command)
+    if bought is not None:
+        out["ep_bought"] = bought
     if lower:
         same = [r for r in lower if r.layout == best.layout]
         if same:

@@ -97,6 +97,33 @@ def print_estimate(result: dict[str, Any]) -> None:
     console.print(f"{verdict}: {result['memory_gib']['total']:.2f} GiB of {result['capacity_gib']:.2f} GiB usable")
 
 
+def _print_ep_bought(bought: dict[str, Any], m: dict[str, Any]) -> None:
+    """What the winner's ep bought (:func:`autotune.results.best.ep_bought`): its parts beside the baseline's."""
+    ep, base = bought["ep"], bought["baseline"]
+    if "ep1_rejected" in bought:
+        rej = bought["ep1_rejected"]
+        console.print(f"No ep=1 layout fits: {rej['count']:,} evaluated, most often rejected by "
+                      f"{rej['top_reason']} ({rej['top_reason_count']:,})")
+    if base is None:
+        console.print(f"No layout with ep < {ep} fits: ep={ep} is what makes the model fit.")
+        return
+    bm = base["metrics"]
+    table = Table(title=f"What ep={ep} bought over the fastest ep={bought['versus_ep']} layout (trial "
+                        f"{base['trial']}: {layout_summary(base['config'])}; it lost by {bought['lost_by']})")
+    for col in ("part", f"ep={ep}", f"ep={bought['versus_ep']}", "difference"):
+        table.add_column(col, justify="left" if col == "part" else "right")
+    table.add_row("step s", f"{m['step_time_s']:.3f}", f"{bm['step_time_s']:.3f}", f"{bought['step_time_s']:+.3f}",
+                  style="bold")
+    mt, bt = m.get("time_breakdown_s") or {}, bm.get("time_breakdown_s") or {}
+    for k, d in bought["time_breakdown_s"].items():
+        if d:
+            table.add_row(f"  {k} s", f"{mt.get(k, 0.0):.3f}", f"{bt.get(k, 0.0):.3f}", f"{d:+.3f}")
+    for k, d in bought["memory_gib"].items():
+        table.add_row(f"{k} GiB", f"{m['memory_gib'].get(k, 0.0):.2f}", f"{bm['memory_gib'].get(k, 0.0):.2f}",
+                      f"{d:+.2f}", style="bold" if k == "total" else None)
+    console.print(table)
+
+
 def print_best(report: dict[str, Any]) -> None:
     """Print ``autotune best``: the winner, its breakdowns, runners-up and rejection counts."""
     if report["config"] is None:
@@ -132,6 +159,8 @@ def print_best(report: dict[str, Any]) -> None:
             b = tim[i] if i < len(tim) else ("", None)
             table.add_row(a[0], "" if a[1] is None else f"{a[1]:.2f}", b[0], "" if b[1] is None else f"{b[1]:.4f}")
         console.print(table)
+        if "ep_bought" in report:
+            _print_ep_bought(report["ep_bought"], m)
         if report["runners_up"]:
             ru = Table(title="Runners-up and why they lost")
             for col in ("trial", "layout", "tokens/s", "lost by"):
