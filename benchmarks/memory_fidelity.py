@@ -21,23 +21,27 @@ and widths but 4 layers (Mixtral 8x7B, Qwen3-30B-A3B's 128 experts of 768, DeepS
 shared expert of 2048 with its first layer dense, with standard attention and with DeepSeek-V3's multi-head
 latent attention), over ep, etp, edp, ZeRO, tp + sp and pp. The dry run routes balanced and gives the ep rank it
 simulates the analytic model's busiest-rank load (:func:`autotune.costmodel.moe.imbalance`); with ep = 1 no
-tokens move and its experts see exactly k copies per token. What remains outside 5 % and why (the dry run's tensors
-at its peak, sized by hand):
+tokens move and its experts see exactly k copies per token. All 19 rows are within 5 % on the total (max 2.7 %);
+the terms found by listing the dry run's live tensors at its peak (creating op, shape, module):
 
-- Mixtral-4l ep 8 pp 2 (-6.9 %): both models find the first stage the worst (dry run 13.0 GiB against
-  10.7 GiB on the last, whose loss is not the cause); the gap is the dry run's 0.74 GiB of ``other`` at the
-  first backward, the working set of one MoE layer's expert backward: the gradients of the two SwiGLU inputs
-  of the rank's routed copies (2 · 2 B · copies · f_e = 0.55 GiB for 1.25 · 2 · 4,096 copies of width
-  14,336), the grouped GEMM's stacked weight-gradient temporary of the local expert (h · f_e · 2 B =
-  0.11 GiB) and the copies' input gradient (0.08 GiB), 0.73 GiB in all. The analytic model counts no
-  backward working set on a stage without the loss (on a single stage the logits, larger, cover it);
-  Megatron-LM's grouped GEMM accumulates weight gradients into the main gradient, but its activation
-  gradients are the same size.
-- DeepSeek-V3-4l with MLA, ep 64 (-5.2 %): the dry run's fused SDPA on CPU needs V as wide as Q and K, so
+- The MoE activation gap (about -3 % on the DeepSeek-MoE and Qwen3-MoE rows): the combine stores 4h per copy of
+  the rank's own k copies per token, the reverse all-to-all's output (kept by ``index_copy``'s backward) and
+  the copies in token order (kept by the probability-weighted sum), where the analytic model had counted 2h
+  per routed copy (imbalance · k): 1.5 · h · k bytes per token and MoE layer more (0.33 GiB a layer on
+  dsv3moe-4l ep 64).
+- The expert backward's working set (Mixtral-4l ep 8 pp 2, -6.9 % before): the first stage peaks in w2's
+  backward of its last MoE layer with 0.736 GiB of ``other``: the arriving gradient and w2's input gradient
+  of the rank's 10,240 routed copies, one expert's GEMM result and the stacked weight gradient, 788.5 MB
+  (:func:`autotune.costmodel.moe.expert_backward_bytes`, less the combine's copies already freed); -0.7 % now.
+- DeepSeek-V3-4l with MLA, ep 64 (-2.7 %): the dry run's fused SDPA on CPU needs V as wide as Q and K, so
   it stores V and the attention output zero-padded from 128 to 192 per head and, for the output
   projection, a compact copy of the 128-wide slice: 2 · a · (64 + 64 + 128) B per token and layer more than
   a kernel with native MLA widths stores (Q, K, V and one output, the analytic 2 · a · (2 · 192 + 2 · 128)),
-  1.0 GiB or 2.5 % of the rank; the rest is the MoE activation gap the DeepSeek-MoE rows show (about -3 %).
+  1.0 GiB or 2.5 % of the rank.
+- Not modelled, on stages that do not decide here: the MoE forward's exchange buffers (the dispatched copies,
+  the received ones and the expert output with its reordered copy, alive together while the reference model's
+  exchange runs): on dsv3moe-4l ep 32 pp 2 the first stage's dry-run peak (22.7 GiB, in layer 1's forward)
+  is 1.0 GiB above the analytic first stage; the last stage (26.9 GiB) decides.
 
 Run: ``.venv/bin/python benchmarks/memory_fidelity.py [--moe] [--limit N] [--models NAME ...] [--json out.json]``.
 """

@@ -38,12 +38,19 @@ keeps the larger of the two — both found by the fake-tensor dry run (benchmark
 Mixture of experts (:mod:`autotune.costmodel.moe`): the routed experts' weights, gradients and optimizer states
 are sharded over ep·etp and ZeRO-sharded over the expert data-parallel group edp; everything else (attention,
 router, shared experts, dense layers) as above over tp and dp_shard. An MoE layer stores, per token entering it
-(s·b/cp, over tp with SP): the router's fp32 logits (4·E bytes), and for each of the k routed copies — times
+(s·b/cp, over tp with SP): the router's fp32 logits (4·E bytes), for each of the k routed copies — times
 the busiest rank's imbalance, and etp times over when etp ranks share an expert — the permuted input of the
-expert (2h), its MLP activations (6·f_e/etp with SwiGLU, 4·f_e/etp with GELU, as a dense MLP of width f_e) and
-its permuted output kept for the probability-weighted combine (2h): Megatron-LM's token dispatcher
+expert (2h) and its MLP activations (6·f_e/etp with SwiGLU, 4·f_e/etp with GELU, as a dense MLP of width f_e),
+and for each of the rank's own k copies, back from the reverse all-to-all, the combine's 4h: the reference
+model (workers/model.py ``MoE.forward``) keeps the returned copies (``index_copy``'s backward keeps its
+source) and the copies in token order (saved by the probability-weighted sum). Megatron-LM's token dispatcher
 (megatron/core/transformer/moe/token_dispatcher.py, core_v0.19.0) permutes tokens before and unpermutes them
-after the grouped GEMMs. Shared experts store a dense MLP's activations.
+after the grouped GEMMs; its TEGroupedMLP (moe/experts.py) multiplies the probabilities into the activation
+(weighted_bias_swiglu) and its unpermute is a scatter-add, so it stores neither combine copy. Shared experts
+store a dense MLP's activations. The backward of a stage's MoE layers holds the experts' activation and
+weight gradients (:func:`autotune.costmodel.moe.expert_backward_bytes`; 0.61 GiB on Mixtral's 4,096 · 2 · 1.25
+copies of one expert per rank), a transient like the re-run layer's and the logits' (the largest of the
+three counts; under full recompute on top of the re-run MoE layer).
 Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, §2.1) stores the compressed latents — the query
 latent as its norm's input and output (2·2·q_lora), the key/value latent the same way (2·2·kv_lora) and the
 shared rotary key (2·rope) — on every tp rank (Megatron-LM's down projections are duplicated across tp), and
@@ -65,6 +72,8 @@ import numpy as np
 from autotune.catalog import resolve_stack
 from autotune.costmodel.layout import Layout
 from autotune.costmodel.moe import (
+    combine_copies_per_rank,
+    expert_backward_bytes,
     expert_params_per_layer,
     expert_shard,
     expert_stage_params3,
@@ -220,7 +229,8 @@ def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layo
     sharded = _attention_act(model, t) + _mlp_act(model, f) / t
     if moe:
         routed = routed_copies_per_rank(model, training, L) / tokens * (
-            4 * h + _mlp_act(model, model.expert_ffn) / L["etp"])
+            2 * h + _mlp_act(model, model.expert_ffn) / L["etp"])
+        routed = routed + combine_copies_per_rank(model, training, L) / tokens * 4 * h
         router = 4.0 * model.experts / np.where(sp > 0, t, 1)
         sharded = _attention_act(model, t) + model.shared_experts * _mlp_act(model, model.shared_expert_ffn) / t
         sharded = sharded + routed + router
@@ -237,9 +247,12 @@ def activation_bytes_per_layer(model: ModelSpec, training: TrainingSpec, L: Layo
 
 def _stage_activations(model: ModelSpec, training: TrainingSpec, L: Layout, start: Any, layers: Any
                        ) -> tuple[Any, Any]:
-    """(one micro-batch's activations, the largest layer's stored bytes) of the stage of ``layers`` decoder
+    """(one micro-batch's activations, the stage's backward transient) of the stage of ``layers`` decoder
     layers from layer ``start``: its dense and MoE layers each store their own; full recompute keeps
-    ``recompute_layers`` (per stage, at most its layers) as checkpoints, and re-runs one layer at a time."""
+    ``recompute_layers`` (per stage, at most its layers) as checkpoints, and re-runs one layer at a time (the
+    transient: the largest layer's stored bytes). With MoE layers the transient is at least one MoE layer's
+    expert backward (:func:`autotune.costmodel.moe.expert_backward_bytes`), on top of that layer's re-run
+    under full recompute."""
     stored, checkpoint = activation_bytes_per_layer(model, training, L)
     k = L["recompute_layers"]
     rec_layers = np.where(k > 0, np.minimum(k, layers), layers)
@@ -251,7 +264,11 @@ def _stage_activations(model: ModelSpec, training: TrainingSpec, L: Layout, star
         mean = ((layers - moe) * stored + moe * stored_moe) / np.maximum(layers, 1)
         largest = np.where(moe > 0, np.maximum(stored, stored_moe), stored)
     per_mb = np.where(full, rec_layers * checkpoint + (layers - rec_layers) * mean, layers * mean)
-    return per_mb, np.where(full, largest, 0.0)
+    transient = np.where(full, largest, 0.0)
+    if model.is_moe:
+        backward = expert_backward_bytes(model, training, L) + np.where(full, stored_moe, 0.0)
+        transient = np.where(moe > 0, np.maximum(transient, backward), transient)
+    return per_mb, transient
 
 
 def activation_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> tuple[Any, Any]:

@@ -12,6 +12,9 @@ receives as many token copies as its ranks sent: k per local token; with etp > 1
 expert each process the copies of all of them, at 1/etp of the expert width. Routing is never perfectly
 balanced: dropless training (Megatron-LM's default) lets the busiest expert take more; a capacity factor c
 caps it at c times the balanced load (GShard, Lepikhin et al. 2021; Switch Transformer, Fedus et al. 2022).
+After the experts the reverse all-to-all brings every copy back to the rank of its token, which weights and sums
+its own k copies per token (:func:`combine_copies_per_rank`); the experts' backward holds activation and
+weight gradients beyond the stored activations (:func:`expert_backward_bytes`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from autotune.spec import ModelSpec, TrainingSpec
 __all__ = ["DROPLESS_IMBALANCE", "imbalance", "moe_layers_below", "stage_ranges", "stage_layer_counts",
            "busiest_stage_moe_layers",
            "expert_params_per_layer", "expert_stage_params3",
-           "expert_stage_params", "expert_shard", "moe_tokens_per_rank", "routed_copies_per_rank"]
+           "expert_stage_params", "expert_shard", "moe_tokens_per_rank", "routed_copies_per_rank",
+           "combine_copies_per_rank", "expert_backward_bytes"]
 
 DROPLESS_IMBALANCE = 1.25
 """Busiest rank's routed tokens over the balanced share under dropless routing: the capacity factor 1.25 that
@@ -112,3 +116,42 @@ def routed_copies_per_rank(model: ModelSpec, training: TrainingSpec, L: Layout) 
     """Token copies the busiest rank's experts process in one MoE layer per micro-batch after dispatch:
     imbalance · k · etp · tokens per rank (each copy at expert width / etp)."""
     return imbalance(model) * model.experts_per_token * L["etp"] * moe_tokens_per_rank(training, L)
+
+
+def combine_copies_per_rank(model: ModelSpec, training: TrainingSpec, L: Layout) -> Any:
+    """Token copies a rank weights and sums back into its own tokens in one MoE layer per micro-batch: k per
+    token entering the layer there, after the reverse all-to-all (no imbalance: every rank combines its own)."""
+    return model.experts_per_token * moe_tokens_per_rank(training, L)
+
+
+def expert_backward_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -> Any:
+    """Bytes the backward of one MoE layer's routed experts holds beyond the activations stored for it, at its
+    largest moment, on the busiest rank (n = :func:`routed_copies_per_rank` copies of width h, inner width
+    f = expert_ffn/etp over the E/ep local experts, the largest expert's slice n/(E/ep) under balanced
+    routing, w the weights' bytes), as :class:`workers.model._GroupedMM`'s backward allocates them:
+
+    * fc2 (w2): the gradient arriving at the expert outputs (2h·n), the input gradient (2f·n), the per-expert
+      GEMM result before it is copied into place (2f per copy of one expert's slice), and the stacked weight
+      gradient of every local expert (w·(E/ep)·f·h) before the gradient hook adds it into the main gradient;
+    * fc1 (w1, the last): the gradient of its output (2f·n), the input gradient (2h·n; gated, w3's as well,
+      which autograd sums into: 2·2h·n), one expert's GEMM result (2h per copy of a slice) and the stacked
+      weight gradient, while fc2's input and the activation's inputs (6f·n gated, 4f·n otherwise) are freed.
+
+    The larger of the two moments (fc2 when f > h, fc1 for DeepSeek-V3's 2048-wide experts of h 7168), less
+    the combine's stored copies (4h per :func:`combine_copies_per_rank`), freed when the backward reaches the
+    experts; at least 0. The shared experts' backward runs first (autograd takes the branch created last) and
+    leaves only its input gradient; the residual stream's gradient (2h per token, not per copy) is left out.
+
+    Megatron-LM's grouped MLP (core_v0.19.0, megatron/core/transformer/moe/experts.py, TEGroupedMLP over
+    Transformer Engine's GroupedLinear) writes each grouped GEMM's input gradient into one tensor and, with
+    gradient-accumulation fusion, the weight gradients straight into the fp32 main gradient: the same activation
+    gradients without the per-expert slice and the stacked weight gradient."""
+    n = routed_copies_per_rank(model, training, L)
+    h, f, local = model.hidden, model.expert_ffn / L["etp"], model.experts / L["ep"]
+    w = 4.0 if training.precision == "fp32" else 2.0
+    weight_grad = w * local * f * h
+    slice_rows = n / local
+    fc2 = n * (2 * h + 2 * f) + slice_rows * 2 * f + weight_grad
+    gated = model.mlp_matrices == 3
+    fc1 = n * (2 * f + (4 if gated else 2) * h - (6 if gated else 4) * f) + slice_rows * 2 * h + weight_grad
+    return np.maximum(np.maximum(fc2, fc1) - 4 * h * combine_copies_per_rank(model, training, L), 0.0)

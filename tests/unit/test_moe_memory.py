@@ -1,5 +1,5 @@
 """MoE memory and FLOPs against hand-worked numbers: expert-state sharding over ep and ZeRO over edp, routed-token
-activations, dispatcher buffers and router logits, active-parameter FLOPs."""
+activations, dispatcher buffers and router logits, the combine's copies, active-parameter FLOPs."""
 
 from __future__ import annotations
 
@@ -52,17 +52,18 @@ def test_expert_states_fold_over_tp() -> None:
 def test_moe_layer_activations_by_hand() -> None:
     # s = 1024, b = 1, tp 1, no SP, FlashAttention, no dropout. Per token: attention Q 2h + projection input
     # 2h + K, V 4·256 = 5,120; norm inputs, QKV input, router/MLP input 8h = 8,192; log-sum-exp 4·16 = 64;
-    # router logits 4·8 = 32; routed copies 1.25·2 = 2.5, each 2h in + 2h out + SwiGLU 6·512:
-    # 2.5·(4,096 + 3,072) = 17,920. Sum 31,328 bytes per token, ·1024 tokens.
+    # router logits 4·8 = 32; routed copies 1.25·2 = 2.5, each 2h in + SwiGLU 6·512: 2.5·(2,048 + 3,072)
+    # = 12,800; the combine's 4h for each of the token's own 2 copies: 8,192. Sum 34,400 bytes per token.
     L = layout_scalars(derive(SMALL, T, 1))
     assert DROPLESS_IMBALANCE == 1.25
-    assert activation_bytes_per_layer(SMALL, T, L, moe=True)[0] == 1024 * 31_328
-    # etp 2 (ep 1, 2 GPUs): each rank takes both ranks' copies at half width: 2.5·(2·4,096 + 3,072) = 28,160.
+    assert activation_bytes_per_layer(SMALL, T, L, moe=True)[0] == 1024 * 34_400
+    # etp 2 (ep 1, 2 GPUs): each rank takes both ranks' copies at half width: 5·(2,048 + 1,536) = 17,920,
+    # and combines its own 2 copies per token (8,192).
     L2 = layout_scalars(derive(SMALL, T, 2, etp=2))
-    assert activation_bytes_per_layer(SMALL, T, L2, moe=True)[0] == 1024 * (31_328 - 17_920 + 28_160)
-    # A capacity factor of 1.0 bounds the busiest rank at the balanced load: 2·7,168 = 14,336.
+    assert activation_bytes_per_layer(SMALL, T, L2, moe=True)[0] == 1024 * (34_400 - 12_800 + 17_920)
+    # A capacity factor of 1.0 bounds the busiest rank at the balanced load: 2·5,120 = 10,240.
     capped = SMALL.model_copy(update={"capacity_factor": 1.0})
-    assert activation_bytes_per_layer(capped, T, L, moe=True)[0] == 1024 * (31_328 - 17_920 + 14_336)
+    assert activation_bytes_per_layer(capped, T, L, moe=True)[0] == 1024 * (34_400 - 12_800 + 10_240)
 
 
 def test_active_flops_are_twice_the_active_matmul_weights() -> None:
