@@ -11,9 +11,10 @@ __all__ = ["apt_install"]
 
 def apt_install(package: str, timeouts: dict[str, int]) -> str | None:
     """``apt-get update`` then ``apt-get install -y --no-install-recommends PACKAGE`` (``timeouts`` in seconds
-    for the ``update`` and ``install`` steps); None when it worked, else why not, in one line."""
+    for the ``update`` and ``install`` steps); None when it worked, else why not, in one line that reads on
+    after "the tool is missing and ..."."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"{package} cannot be installed here (needs root and apt-get)"
+        return "cannot be installed here (needs root and apt-get)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for step, cmd in (("update", ["apt-get", "update"]),
                       ("install", ["apt-get", "install", "-y", "--no-install-recommends", package])):

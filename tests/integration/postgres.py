@@ -52,7 +52,7 @@ def _bindir() -> Path | None:
 def _install() -> Path:
     failed = apt_install("postgresql", APT_TIMEOUT_S)
     if failed:
-        raise Unavailable(failed)
+        raise Unavailable(f"PostgreSQL server binaries are missing and {failed}")
     bindir = _bindir()
     if bindir is None:
         raise Unavailable("apt-get installed postgresql but no /usr/lib/postgresql/*/bin/pg_ctl was found")

@@ -50,7 +50,7 @@ def _chromium() -> str:
         return found
     failed = apt_install("chromium", APT_TIMEOUT_S)
     if failed:
-        pytest.skip(f"no chromium on PATH: {failed}")
+        pytest.skip(f"no chromium on PATH and {failed}")
     return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
 
 
