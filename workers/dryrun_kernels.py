@@ -42,7 +42,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.utils._python_dispatch import _disable_current_modes
 
-from workers.model import Attention, AttentionCore, FeedForward, GroupedExperts
+from workers.mlp import FeedForward
+from workers.model import Attention, AttentionCore
+from workers.moe import GroupedExperts
 
 __all__ = ["fuse", "geglu", "rms_norm", "save_sequence_shards", "swiglu", "vocab_parallel_cross_entropy"]
 

@@ -46,7 +46,8 @@ from autotune.costmodel.moe import imbalance
 from autotune.pipeline import virtual_stage_layers
 from autotune.spec import ModelSpec
 from workers.dryrun_kernels import fuse
-from workers.model import MoE, Transformer
+from workers.model import Transformer
+from workers.moe import MoE
 from workers.parallel.ep import apply_ep, shard_experts
 from workers.parallel.recompute import apply_recompute
 from workers.parallel.tp import apply_tp
@@ -84,7 +85,7 @@ def _chunk(spec: ModelSpec, seq_len: int, stage: int, sizes: list[int], dtype: t
 
 
 class BalancedMoE(MoE):
-    """An :class:`~workers.model.MoE` whose routing ignores the scores: the ``n`` token copies go in order to
+    """An :class:`~workers.moe.MoE` whose routing ignores the scores: the ``n`` token copies go in order to
     the experts, ``n / experts`` each (the remainder one more to the first experts), capped at the capacity
     when the spec sets a capacity factor. Same shapes and data flow as the scored routing."""
 

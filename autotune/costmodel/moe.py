@@ -128,7 +128,7 @@ def expert_backward_bytes(model: ModelSpec, training: TrainingSpec, L: Layout) -
     """Bytes the backward of one MoE layer's routed experts holds beyond the activations stored for it, at its
     largest moment, on the busiest rank (n = :func:`routed_copies_per_rank` copies of width h, inner width
     f = expert_ffn/etp over the E/ep local experts, the largest expert's slice n/(E/ep) under balanced
-    routing, w the weights' bytes), as :class:`workers.model._GroupedMM`'s backward allocates them:
+    routing, w the weights' bytes), as :class:`workers.moe._GroupedMM`'s backward allocates them:
 
     * fc2 (w2): the gradient arriving at the expert outputs (2h·n), the input gradient (2f·n), the per-expert
       GEMM result before it is copied into place (2f per copy of one expert's slice), and the stacked weight

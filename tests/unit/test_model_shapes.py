@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from autotune.catalog.hf import from_hf_config
 from autotune.spec import ModelSpec
 from workers.dryrun_kernels import geglu
-from workers.model import FeedForward, build_model, synthetic_batch, window_mask
+from workers.mlp import FeedForward
+from workers.model import build_model, synthetic_batch, window_mask
 
 BASE = {"num_hidden_layers": 3, "hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 80, "vocab_size": 64, "max_position_embeddings": 64}

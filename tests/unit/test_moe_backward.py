@@ -1,5 +1,5 @@
 """The MoE layer's expert backward working set (autotune.costmodel.moe.expert_backward_bytes) and where the memory
-model counts it, against bytes worked out by hand from what workers.model._GroupedMM's backward allocates."""
+model counts it, against bytes worked out by hand from what workers.moe._GroupedMM's backward allocates."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from autotune.catalog import get_model
 from autotune.config import derive
 from autotune.spec import ModelSpec, TrainingSpec
-from workers.model import MoE, build_model
+from workers.model import build_model
+from workers.moe import MoE
 from workers.parallel.ep import _expert_major, grad_divisor
 
 MOE = get_model("tiny-moe")

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from autotune.config import ParallelConfig
 from autotune.spec import ModelSpec
-from workers.model import GroupedExperts, MoE
+from workers.moe import GroupedExperts, MoE
 from workers.parallel.errors import UnsupportedLayout
 from workers.parallel.etp import gather_rows, reduce_rows, shard_expert_width
 from workers.parallel.zero import PRECISION_DTYPES, zero1_optimizer

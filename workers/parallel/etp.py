@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from workers.model import GroupedExperts
+from workers.moe import GroupedExperts
 
 __all__ = ["shard_expert_width", "gather_rows", "reduce_rows"]
 

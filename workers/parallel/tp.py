@@ -33,7 +33,8 @@ from torch.distributed.tensor.parallel import (
 )
 
 from autotune.spec import ModelSpec
-from workers.model import LatentAttention, MoE
+from workers.model import LatentAttention
+from workers.moe import MoE
 from workers.parallel.errors import UnsupportedLayout
 
 __all__ = ["check_tp", "apply_tp", "ReplicatedParallel", "SumGradOverTP"]
