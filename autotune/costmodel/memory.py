@@ -76,7 +76,7 @@ from autotune.costmodel.moe import (
     expert_backward_bytes,
     expert_params_per_layer,
     expert_shard,
-    expert_stage_params3,
+    expert_stage_params,
     moe_layers_below,
     routed_copies_per_rank,
     stage_ranges,
@@ -172,7 +172,7 @@ def _stage_states(model: ModelSpec, training: TrainingSpec, L: Layout) -> list[t
     mid_p = np.where(L["pp"] > 2, middle_stage_params(model, L["tp"], n_first, n_mid), 0.0)
     zero = L["zero"]
     out = []
-    for dense, experts in zip((first_p, mid_p, last_p), expert_stage_params3(model, L), strict=True):
+    for dense, experts in zip((first_p, mid_p, last_p), expert_stage_params(model, L), strict=True):
         w, g, o = model_state_bytes(dense, zero, L["dp_shard"], training)
         if model.is_moe:
             ew, eg, eo = model_state_bytes(experts, zero, expert_shard(L), training)
@@ -189,7 +189,7 @@ def largest_stage_params(model: ModelSpec, L: Layout, experts: bool = True, expe
     n_first, n_mid, n_last = stage_layers(model.layers, L)
     first, last = stage_params(model, L["tp"], L["pp"], n_first, n_last)
     mid = np.where(L["pp"] > 2, middle_stage_params(model, L["tp"], n_first, n_mid), 0.0)
-    ex = expert_stage_params3(model, L) if experts else (0.0, 0.0, 0.0)
+    ex = expert_stage_params(model, L) if experts else (0.0, 0.0, 0.0)
     per_stage = [d / dense_divisor + e / expert_divisor for d, e in zip((first, mid, last), ex, strict=True)]
     return np.maximum(np.maximum(per_stage[0], per_stage[2]), per_stage[1])
 

@@ -29,7 +29,7 @@ from autotune.spec import ModelSpec, TrainingSpec
 
 __all__ = ["DROPLESS_IMBALANCE", "imbalance", "moe_layers_below", "stage_ranges", "stage_layer_counts",
            "busiest_stage_moe_layers",
-           "expert_params_per_layer", "expert_stage_params3",
+           "expert_params_per_layer",
            "expert_stage_params", "expert_shard", "moe_tokens_per_rank", "routed_copies_per_rank",
            "combine_copies_per_rank", "expert_backward_bytes"]
 
@@ -87,13 +87,7 @@ def expert_params_per_layer(model: ModelSpec, ep: Any, etp: Any) -> Any:
     return model.experts / ep * model.mlp_params(model.expert_ffn) / etp
 
 
-def expert_stage_params(model: ModelSpec, L: Layout) -> tuple[Any, Any]:
-    """Routed-expert parameters on one rank of the first and of the last pipeline stage."""
-    first, _, last = expert_stage_params3(model, L)
-    return first, last
-
-
-def expert_stage_params3(model: ModelSpec, L: Layout) -> tuple[Any, Any, Any]:
+def expert_stage_params(model: ModelSpec, L: Layout) -> tuple[Any, Any, Any]:
     """Routed-expert parameters on one rank of the first stage, of stage 1 and of the last."""
     per_layer = expert_params_per_layer(model, L["ep"], L["etp"])
     return tuple(moe * per_layer for _, moe in stage_layer_counts(model, L))

@@ -65,7 +65,7 @@ from autotune.costmodel.compute import (
 from autotune.costmodel.flops import iteration_flops, stage_recomputed_fraction
 from autotune.costmodel.layout import Layout
 from autotune.costmodel.memory import largest_stage_params, model_state_bytes
-from autotune.costmodel.moe import busiest_stage_moe_layers, expert_shard, expert_stage_params3
+from autotune.costmodel.moe import busiest_stage_moe_layers, expert_shard, expert_stage_params
 from autotune.costmodel.moe_time import (
     MOE_KEYS,
     a2a_time,
@@ -166,7 +166,7 @@ def dp_comm_exposed(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus
 
 def _expert_params(model: ModelSpec, L: Layout) -> Any:
     """Routed-expert parameters on a rank of the stage that holds the most of them."""
-    first, mid, last = expert_stage_params3(model, L)
+    first, mid, last = expert_stage_params(model, L)
     return np.maximum(np.maximum(first, last), np.where(L["pp"] > 2, mid, 0.0))
 
 
