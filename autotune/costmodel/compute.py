@@ -70,8 +70,8 @@ ATTENTION_GEMMS = 2
 FLASH_BWD_RATIO = 2.5
 
 __all__ = ["GEMMS_PER_LAYER", "ATTENTION_GEMMS", "FLASH_BWD_RATIO", "sustained_peaks", "gemm_efficiency",
-           "fp8_gemm_efficiency", "attention_kernel",
-           "attention_efficiency", "peak_flops", "activation_dtype_bytes", "replicated_share", "fp8_active",
+           "fp8_gemm_efficiency", "attention_kernel", "attention_efficiency", "gemm_precision", "peak_flops",
+           "activation_dtype_bytes", "replicated_share", "fp8_active",
            "layer_forward_times", "layer_backward_times", "layer_step_time", "logits_forward_time"]
 
 
@@ -106,6 +106,14 @@ def attention_efficiency(kernel: AttentionKernel, seq_len: Any, head_dim: float,
 def fp8_active(gpu: GPUSpec, stack: StackSpec, training: TrainingSpec) -> bool:
     """Whether the linear layers run in fp8: fp8 training on a stack and GPU that have it."""
     return training.precision == "fp8" and stack.fp8 and "fp8" in gpu.peak_tflops
+
+
+def gemm_precision(gpu: GPUSpec, stack: StackSpec, training: TrainingSpec) -> str:
+    """The dtype the linear GEMMs are modelled in, whose peak MFU divides by: fp8 only where
+    :func:`fp8_active`, else bf16 for fp8 training; TF32 for fp32 training (see :func:`peak_flops`)."""
+    if fp8_active(gpu, stack, training):
+        return "fp8"
+    return {"fp32": "tf32", "fp8": "bf16"}.get(training.precision, training.precision)
 
 
 def peak_flops(gpu: GPUSpec, precision: str) -> tuple[float, float]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from autotune.catalog import resolve_stack
 from autotune.config import ParallelConfig
+from autotune.costmodel.compute import gemm_precision
 from autotune.costmodel.layout import Layout, layout_arrays
 from autotune.costmodel.memory import memory_breakdown
 from autotune.costmodel.reliability import RELIABILITY_KEYS, expected_figures, reliability_arrays
@@ -85,7 +86,9 @@ def estimate_many(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, cluste
     out = []
     for i, cfg in enumerate(configs):
         row: dict[str, Any] = {
-            "model": model.name, "gpu": gpu.name, "stack": stack.name, "gpus": cfg.world,
+            "model": model.name, "gpu": gpu.name, "stack": stack.name,
+            "precision": training.precision, "gemm_precision": gemm_precision(gpu, stack, training),
+            "gpus": cfg.world,
             "config": cfg.to_dict() | {"dp_replicate": cfg.dp_replicate}, "params": params,
             "memory_gib": {k: memory[k][i] for k in MEMORY_KEYS}, "capacity_gib": capacity[i],
             "fits": fits[i], "worst_stage": worst[i], "slowest_stage": slowest[i],

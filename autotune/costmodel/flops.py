@@ -133,16 +133,20 @@ def recomputed_fraction(model: ModelSpec, L: Layout) -> Any:
     return np.where(k > 0, total / model.layers, 1.0)
 
 
-def iteration_flops(model: ModelSpec, training: TrainingSpec, L: Layout) -> tuple[Any, Any]:
+def iteration_flops(model: ModelSpec, training: TrainingSpec, L: Layout, selective: str = "attention_core"
+                    ) -> tuple[Any, Any]:
     """(model FLOPs, hardware FLOPs) of one iteration on the whole cluster.
 
-    Tokens per iteration are micro_batch · grad_accum · dp · seq_len.
+    Tokens per iteration are micro_batch · grad_accum · dp · seq_len. ``selective`` is the stack's
+    ``selective_recompute``: Megatron's re-runs the attention core; torchtitan's op-level SAC re-runs only
+    element-wise ops, which add no hardware FLOPs.
     """
     s = training.seq_len
     linear, core = layer_linear_flops(model), causal_core_flops(model, s)
     tokens = L["micro_batch"] * L["grad_accum"] * L["dp"] * s
     per_token = 3.0 * (model.layers * (linear + core) + logit_flops(model))
     rc = L["recompute"]
-    extra = np.where(rc == 2, recomputed_fraction(model, L) * (linear + core), np.where(rc == 1, core, 0.0))
+    selective_flops = core if selective == "attention_core" else 0.0
+    extra = np.where(rc == 2, recomputed_fraction(model, L) * (linear + core), np.where(rc == 1, selective_flops, 0.0))
     model_flops = tokens * per_token
     return model_flops, model_flops + tokens * model.layers * extra

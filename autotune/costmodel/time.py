@@ -55,12 +55,11 @@ from autotune.costmodel.comm import (
 )
 from autotune.costmodel.compute import (
     activation_dtype_bytes,
-    fp8_active,
+    gemm_precision,
     layer_backward_times,
     layer_forward_times,
     layer_step_time,
     logits_forward_time,
-    peak_flops,
 )
 from autotune.costmodel.flops import iteration_flops, stage_recomputed_fraction
 from autotune.costmodel.layout import Layout
@@ -305,9 +304,8 @@ def step_time(model: ModelSpec, training: TrainingSpec, gpu: GPUSpec, gpus_per_n
     }
     step = sum(out[k] for k in BREAKDOWN)
     world = tp * pp * cp * L["dp"]
-    model_flops, hw_flops = iteration_flops(model, training, L)
-    lin_peak, core_peak = peak_flops(gpu, training.precision)
-    peak = lin_peak if fp8_active(gpu, stack, training) else core_peak
+    model_flops, hw_flops = iteration_flops(model, training, L, stack.selective_recompute)
+    peak = gpu.peak(gemm_precision(gpu, stack, training)) * 1e12
     out["step_time_s"] = step
     out["tokens_per_s"] = L["micro_batch"] * m * L["dp"] * training.seq_len / step
     out["model_flops"] = model_flops

@@ -66,6 +66,12 @@ def _time_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def _gemm_note(result: dict[str, Any]) -> str:
+    """`` (of the X peak: the linear GEMMs' dtype)`` when it is not the training precision itself."""
+    gp, precision = result.get("gemm_precision"), result.get("precision")
+    return f"   (of the {gp} peak: linear GEMMs in {gp})" if gp and gp != precision else ""
+
+
 def print_estimate(result: dict[str, Any]) -> None:
     """Print an estimate as tables plus a verdict line."""
     stack = f", stack {result['stack']}" if "stack" in result else ""
@@ -75,7 +81,8 @@ def print_estimate(result: dict[str, Any]) -> None:
     if "step_time_s" in result:
         console.print(_time_table(result))
         console.print(f"tokens/s {result['tokens_per_s']:,.0f}   model TFLOP/s per GPU "
-                      f"{result['tflops_per_gpu']:.1f}   MFU {result['mfu']:.1%}   HFU {result['hfu']:.1%}")
+                      f"{result['tflops_per_gpu']:.1f}   MFU {result['mfu']:.1%}   HFU {result['hfu']:.1%}"
+                      f"{_gemm_note(result)}")
         if "training_days" in result:
             cost = f"   cost {result['cost']:,.0f}" if "cost" in result else ""
             console.print(f"training time {result['training_days']:.2f} days   "

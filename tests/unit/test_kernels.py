@@ -78,3 +78,34 @@ def test_fp8_layer_is_faster_but_well_below_twice() -> None:
         if p == "fp8":
             assert f["cast"] > 0.0
     assert 1.1 < times["bf16"] / times["fp8"] < 1.8
+
+
+@pytest.mark.parametrize(("precision", "stack", "expect"), [
+    ("fp8", "megatron-te", "fp8"),  # Transformer Engine runs the linear GEMMs in fp8
+    ("fp8", "eager", "bf16"),  # a stack without fp8: the GEMMs stay bf16 and MFU divides by the bf16 peak
+    ("fp32", "eager", "tf32"),  # fp32 training on TF32 tensor cores
+    ("bf16", "megatron-te", "bf16"),
+])
+def test_estimate_says_which_dtype_the_gemms_ran_in(precision, stack, expect) -> None:
+    from autotune.costmodel.estimate import estimate
+    from autotune.spec import ClusterSpec
+
+    model, gpu = get_model("llama3-8b"), get_gpu("h100-sxm")
+    t = TrainingSpec(seq_len=4096, global_batch=8, precision=precision, stack=stack)
+    row = estimate(model, t, gpu, ClusterSpec(gpu="h100-sxm", reliability="off"), derive(model, t, 8))
+    assert (row["precision"], row["gemm_precision"]) == (precision, expect)
+    # MFU divides by that dtype's dense peak (H100: bf16 989.4, tf32 494.7, fp8 1978.9 TFLOP/s)
+    assert row["mfu"] == pytest.approx(row["tflops_per_gpu"] / gpu.peak(expect))
+
+
+def test_op_level_selective_recompute_adds_no_hardware_flops() -> None:
+    # torchtitan's op-level SAC re-runs element-wise ops only; Megatron's selective recompute re-runs the core.
+    from autotune.costmodel.time import step_time
+
+    model, gpu = get_model("llama3-8b"), get_gpu("h100-sxm")
+    out = {}
+    for stack in ("torchtitan-eager", "megatron-te"):
+        t = TrainingSpec(seq_len=4096, global_batch=8, stack=stack)
+        out[stack] = step_time(model, t, gpu, 8, layout_scalars(derive(model, t, 8, recompute="selective")))
+    assert out["torchtitan-eager"]["hw_flops"] == pytest.approx(out["torchtitan-eager"]["model_flops"])
+    assert out["megatron-te"]["hw_flops"] > out["megatron-te"]["model_flops"]
