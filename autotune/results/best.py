@@ -149,13 +149,14 @@ def best_report(storage: Storage, study: str, objective: Objective, top: int = 5
     best = unique[0]
     saved = storage.study_spec(study)
     spec = None if saved is None else parse_spec(saved)
+    stack = None if spec is None else study_stack(spec)
 
     def command(layout: dict[str, Any]) -> str | None:
-        return None if spec is None else estimate_command(spec, layout, storage.display_url)
+        return None if spec is None else estimate_command(spec, layout, storage.display_url, stack)
 
     lower = [r for r in ok if FIDELITY_RANK.get(r.fidelity, 0) < top_fid]
     out |= {
-        "stack": None if spec is None else study_stack(spec),
+        "stack": stack,
         "config": best.layout,
         "metrics": _metrics_view(best.metrics),
         "fidelity": best.fidelity,

@@ -48,10 +48,10 @@ def _args(name: str, value: Any) -> list[str]:
 
 
 def estimate_command(spec: StudySpec | Mapping[str, Any], layout: Mapping[str, Any],
-                     storage_url: str | None = None) -> str:
+                     storage_url: str | None = None, stack: str | None = None) -> str:
     """The shell command that re-estimates ``layout`` (a stored evaluation row's layout) under ``spec``
     (the study's spec, or its stored mapping); ``storage_url`` is where a calibrated profile named by the
-    spec lives."""
+    spec lives; ``stack``: the study's :func:`~autotune.study.resolve.study_stack` when the caller has it."""
     study = spec if isinstance(spec, StudySpec) else parse_spec(dict(spec))
     cluster = study.cluster
     model = study.model if isinstance(study.model, str) else json.dumps(
@@ -65,7 +65,7 @@ def estimate_command(spec: StudySpec | Mapping[str, Any], layout: Mapping[str, A
     args += ["--gpus", str(nodes * cluster.gpus_per_node), "--gpus-per-node", str(cluster.gpus_per_node)]
     args += _args("nics_per_node", cluster.nics_per_node)
     args += _args("price_per_gpu_hour", cluster.price_per_gpu_hour)
-    training = study.training.model_dump(mode="json") | {"stack": study_stack(study)}
+    training = study.training.model_dump(mode="json") | {"stack": stack or study_stack(study)}
     if "global_batch" in layout:
         training["global_batch"] = layout["global_batch"]
     for name in TrainingSpec.model_fields:
